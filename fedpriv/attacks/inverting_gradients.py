@@ -72,6 +72,8 @@ class InvertingGradientsConfig:
     record_every: int = 10
 
     def __post_init__(self):
+        if isinstance(self.box, list):  # YAML gives lists; keep the config hashable
+            object.__setattr__(self, "box", tuple(self.box))
         for name in ("iterations", "restarts", "record_every"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):

@@ -1,0 +1,51 @@
+"""Runs one fedpriv scenario from the composed Hydra config.
+
+    python experiments/run.py                                  # the default experiment
+    python experiments/run.py -m defense=none,dp_sgd privacy.target_epsilon=1,3,8
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
+
+from experiments.build import build_scenario, flat_config  # noqa: E402
+from experiments.outputs import (git_sha, results_table, save_reconstruction_grid, versions,  # noqa: E402
+                                 write_json_atomically)
+from fedpriv.scenario import run_scenario  # noqa: E402
+
+logger = logging.getLogger("fedpriv.run")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        scenario = build_scenario(cfg)  # every config error surfaces here, before compute
+        result = run_scenario(scenario)
+    except Exception as error:
+        # The job's own folder records the failure; other sweep jobs' results are untouched.
+        write_json_atomically(output_dir / "error.json", {"error": repr(error), "traceback": traceback.format_exc(),
+                                                          "finished_at": time.time()})
+        raise
+    metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha()}
+    if result.truth is not None:
+        save_reconstruction_grid(output_dir / "reconstruction.png", result.truth, result.reconstructed,
+                                 title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1]} vs defense={cfg.defense.name}")
+    write_json_atomically(output_dir / "metrics.json", metrics)
+    print(results_table(metrics))
+    print(f"outputs: {output_dir}")
+    return float(metrics.get(cfg.objective, float("nan")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""One round of padded, masked client data (``ClientData``) from a partition.
+
+Every round has the same shapes ``[C, S, B, ...]`` so the jitted round compiles once;
+what differs between clients (sizes, participation, sampled examples) lives in the
+masks. Invariant of every output: a row is padding exactly when its ``example_mask`` is 0,
+and every padding row has ``x = 0``, ``y = 0`` and ``record_ids = -1``. Padding therefore
+contributes exactly zero, and ``record_ids`` lists precisely the records used.
+
+Three ways of sampling local batches:
+
+* ``"full"``: FedSGD, one step on the client's whole data set.
+* ``"shuffle"``: FedAvg-style local SGD, ``local_steps`` batches of ``batch_size`` drawn
+  without replacement within an epoch and reshuffled each epoch.
+* ``"poisson"``: DP-SGD's Poisson subsampling, every record independently in every step
+  with probability ``sampling_rate``; the capacity holds all of the client's records, so
+  the sampling is exact (no truncation of large draws), as privacy accounting assumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from fedpriv.data._validation import check_generator, check_int
+from fedpriv.typing import ClientData
+
+SAMPLING_SCHEMES = ("full", "shuffle", "poisson")
+
+
+def build_round_data(
+    images: np.ndarray,
+    labels: np.ndarray,
+    partition: Sequence[np.ndarray],
+    *,
+    local_steps: int,
+    batch_size: int | None = None,
+    sampling: str,
+    sampling_rate: float | None = None,
+    participating: np.ndarray | None = None,
+    rng: np.random.Generator,
+) -> ClientData:
+    """Builds the ``ClientData`` of one round.
+
+    Args:
+      images: ``[N, *input_shape]`` cohort images (e.g. ``ImageCohort.images``).
+      labels: ``[N]`` integer labels.
+      partition: one 1-D array of record indices per client (``C`` clients).
+      local_steps: local steps ``S`` per client, >= 1 (must be 1 for ``"full"``).
+      batch_size: examples per step. Required for ``"shuffle"`` (at most the smallest
+        client's size). For ``"full"`` and ``"poisson"`` it is an optional fixed capacity
+        ``B`` (>= the largest client, so shapes can stay fixed across partitions);
+        ``None`` means the largest client's size.
+      sampling: ``"full"``, ``"shuffle"`` or ``"poisson"`` (see the module docstring).
+      sampling_rate: Poisson inclusion probability in (0, 1]; required for ``"poisson"``
+        and refused otherwise.
+      participating: optional bool ``[C]``; clients marked False take no part in the
+        round: ``client_mask`` 0 and an all-padding block.
+      rng: host-side generator (``fedpriv.keys.numpy_generator`` of the ``sampling``
+        stream). The draws do not depend on ``participating``, so two rounds with the
+        same generator state but different participants give the participants the same
+        batches.
+
+    Returns:
+      ``ClientData`` with ``examples = {"x": float32 [C, S, B, *input_shape],
+      "y": int32 [C, S, B]}``, float32 ``example_mask [C, S, B]`` and
+      ``client_mask [C]``, int32 ``record_ids [C, S, B]``, all as ``jax.Array``.
+
+    Raises:
+      ValueError: naming the argument, for inconsistent shapes or out-of-range values,
+        e.g. a ``batch_size`` larger than a client's data under ``"shuffle"``.
+      TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+
+    Formal guarantees:
+      With ``sampling="poisson"`` each record of a participating client is included in
+      each step independently with probability exactly ``sampling_rate`` (no cap on the
+      batch size), which is the add/remove-one Poisson subsampling that the DP-SGD
+      accountant assumes, with the example as privacy unit. This function adds no noise
+      and protects nothing by itself; ``"full"`` and ``"shuffle"`` are not Poisson
+      sampling and must not be accounted as such.
+    """
+    images, labels, partition = _check_data(images, labels, partition)
+    local_steps = check_int("local_steps", local_steps, minimum=1)
+    if sampling not in SAMPLING_SCHEMES:
+        raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
+    rng = check_generator("rng", rng)
+    num_clients = len(partition)
+    sizes = np.array([part.size for part in partition])
+    participating = _check_participating(participating, num_clients)
+    if sampling != "poisson" and sampling_rate is not None:
+        raise ValueError(
+            f"sampling_rate is only used with sampling='poisson', got sampling_rate="
+            f"{sampling_rate!r} with sampling={sampling!r}; leave it None"
+        )
+
+    if sampling == "shuffle":
+        if batch_size is None:
+            raise ValueError("batch_size is required with sampling='shuffle', got None")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
+        for client, size in enumerate(sizes):
+            if batch_size > size:
+                raise ValueError(
+                    f"batch_size={batch_size} exceeds the data of client {client}, which holds "
+                    f"{size} records; sampling='shuffle' draws batches without replacement"
+                )
+        record_ids = np.stack(
+            [_shuffled_batches(part, local_steps, batch_size, rng) for part in partition]
+        )
+    else:
+        capacity = _capacity(batch_size, int(sizes.max()))
+        if sampling == "full":
+            if local_steps != 1:
+                raise ValueError(
+                    f"local_steps must be 1 with sampling='full' (one full-batch step), "
+                    f"got {local_steps}"
+                )
+            record_ids = np.full((num_clients, 1, capacity), -1, dtype=np.int64)
+            for client, part in enumerate(partition):
+                record_ids[client, 0, : part.size] = rng.permutation(part)
+        else:
+            sampling_rate = _check_sampling_rate(sampling_rate)
+            record_ids = np.full((num_clients, local_steps, capacity), -1, dtype=np.int64)
+            for client, part in enumerate(partition):
+                record_ids[client, :, : part.size] = part
+            # One Bernoulli draw per (client, step, slot), padding included, so the
+            # stream consumed does not depend on the partition's sizes.
+            sampled = rng.random(record_ids.shape) < sampling_rate
+            record_ids = np.where(sampled, record_ids, -1)
+
+    record_ids[~participating] = -1
+    return _assemble(images, labels, record_ids, participating)
+
+
+def _shuffled_batches(
+    part: np.ndarray, num_steps: int, batch_size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``[num_steps, batch_size]`` record ids: epochs of reshuffled ``part``, back to back.
+
+    Each epoch is a permutation of the client's records, so every record is used once per
+    epoch. When a batch straddles two epochs, the records already in it are kept out of
+    the rest of that batch, so no batch ever holds the same record twice.
+    """
+    total = num_steps * batch_size
+    chunks: list[np.ndarray] = []
+    filled = 0
+    open_records = np.empty(0, dtype=part.dtype)
+    while filled < total:
+        epoch = rng.permutation(part)
+        if open_records.size:
+            needed = batch_size - open_records.size
+            in_open = np.isin(epoch, open_records)
+            others, repeats = epoch[~in_open], epoch[in_open]
+            epoch = np.concatenate(
+                [others[:needed], rng.permutation(np.concatenate([others[needed:], repeats]))]
+            )
+        chunks.append(epoch)
+        filled += epoch.size
+        open_count = filled % batch_size
+        open_records = epoch[epoch.size - open_count :] if open_count else epoch[:0]
+        # A batch can span more than one epoch only if batch_size > epoch size, which
+        # the caller has refused; the open batch is thus always the epoch's tail.
+    return np.concatenate(chunks)[:total].reshape(num_steps, batch_size)
+
+
+def _assemble(
+    images: np.ndarray, labels: np.ndarray, record_ids: np.ndarray, participating: np.ndarray
+) -> ClientData:
+    mask = record_ids >= 0
+    safe = np.where(mask, record_ids, 0)
+    x_mask = mask.reshape(mask.shape + (1,) * (images.ndim - 1))
+    x = np.where(x_mask, images[safe], np.float32(0.0)).astype(np.float32)
+    y = np.where(mask, labels[safe], 0).astype(np.int32)
+    return ClientData(
+        examples={"x": jnp.asarray(x), "y": jnp.asarray(y)},
+        example_mask=jnp.asarray(mask.astype(np.float32)),
+        client_mask=jnp.asarray(participating.astype(np.float32)),
+        record_ids=jnp.asarray(record_ids.astype(np.int32)),
+    )
+
+
+def _check_data(
+    images: object, labels: object, partition: object
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    images = np.asarray(images, dtype=np.float32)
+    labels = np.asarray(labels)
+    if images.ndim < 2:
+        raise ValueError(f"images must have shape [N, *input_shape], got {images.shape}")
+    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be an integer array of shape [N] = ({images.shape[0]},), got "
+            f"shape {labels.shape} and dtype {labels.dtype}"
+        )
+    if isinstance(partition, np.ndarray) or not isinstance(partition, Sequence) or not partition:
+        raise ValueError(
+            "partition must be a non-empty list with one index array per client, got "
+            f"{type(partition).__name__}"
+        )
+    parts = []
+    for client, part in enumerate(partition):
+        part = np.asarray(part)
+        if part.ndim != 1 or (part.size and not np.issubdtype(part.dtype, np.integer)):
+            raise ValueError(
+                f"partition[{client}] must be a 1-D integer array of record indices, got "
+                f"shape {part.shape} and dtype {part.dtype}"
+            )
+        if part.size and (part.min() < 0 or part.max() >= images.shape[0]):
+            raise ValueError(
+                f"partition[{client}] holds record indices outside [0, {images.shape[0] - 1}]"
+            )
+        if np.unique(part).size != part.size:
+            raise ValueError(f"partition[{client}] lists a record more than once")
+        parts.append(part.astype(np.int64))
+    return images, labels, parts
+
+
+def _check_participating(participating: object, num_clients: int) -> np.ndarray:
+    if participating is None:
+        return np.ones(num_clients, dtype=bool)
+    participating = np.asarray(participating)
+    if participating.dtype != bool or participating.shape != (num_clients,):
+        raise ValueError(
+            f"participating must be a bool array of shape [C] = ({num_clients},), got "
+            f"shape {participating.shape} and dtype {participating.dtype}"
+        )
+    return participating
+
+
+def _capacity(batch_size: object, largest: int) -> int:
+    if batch_size is None:
+        # At least one slot, so a round whose clients are all empty still has a shape.
+        return max(largest, 1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if batch_size < largest:
+        raise ValueError(
+            f"batch_size (the capacity) must be >= the largest client's size {largest} with "
+            f"sampling='full' or 'poisson', got {batch_size}; or leave it None"
+        )
+    return batch_size
+
+
+def _check_sampling_rate(sampling_rate: object) -> float:
+    if (
+        sampling_rate is None
+        or isinstance(sampling_rate, bool)
+        or not isinstance(sampling_rate, (int, float, np.floating))
+        or not 0.0 < float(sampling_rate) <= 1.0
+    ):
+        raise ValueError(
+            "sampling_rate must be a number in the half-open interval (0, 1] with "
+            f"sampling='poisson', got {sampling_rate!r}"
+        )
+    return float(sampling_rate)

@@ -1,0 +1,264 @@
+"""One threat scenario end to end: train → observe → attack → measure (DESIGN §3).
+
+The scenario is the only place that holds both the attacker's view and the ground
+truth: attacks get an ``Observation`` (and, for ``label_strategy="known"``, the labels as
+declared side knowledge); ``fedpriv.metrics`` scores the result against the records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedpriv import data as data_lib
+from fedpriv import metrics
+from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
+from fedpriv.defenses import DPSGDPlan
+from fedpriv.federated import FederatedConfig, train
+from fedpriv.keys import numpy_generator, run_keys
+from fedpriv.models.base import check_input_shape
+from fedpriv.typing import ClientData, Model, Reconstruction
+
+logger = logging.getLogger(__name__)
+
+ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DPSGDSettings:
+    """DP-SGD as the user states it; the scenario turns it into a ``DPSGDPlan``.
+
+    The sampling rate and step count follow from the data and the protocol: every
+    local step samples each of a hospital's records with probability
+    ``batch_size / mean hospital size``, and a record's hospital runs
+    ``rounds * local_steps`` steps (participation in every round is assumed, which
+    ignores amplification by client sampling and so over-states epsilon, never under).
+
+    Attributes:
+      l2_clip_norm: per-example clip norm, > 0.
+      noise_multiplier: fixed noise multiplier, or ``None`` to calibrate it to
+        ``target_epsilon`` at ``delta`` with ``accountant``.
+      target_epsilon: the budget for calibration, > 0.
+      delta: delta, in (0, 1).
+      accountant: ``"rdp"`` or ``"pld"`` for calibration (reports give both).
+    """
+
+    l2_clip_norm: float
+    noise_multiplier: float | None
+    target_epsilon: float
+    delta: float
+    accountant: str = "rdp"
+
+    def __post_init__(self):
+        if not self.l2_clip_norm > 0:
+            raise ValueError(f"l2_clip_norm must be > 0, got {self.l2_clip_norm!r}")
+        if self.noise_multiplier is not None and not self.noise_multiplier >= 0:
+            raise ValueError(f"noise_multiplier must be >= 0 or None (calibrate), got {self.noise_multiplier!r}")
+        if not self.target_epsilon > 0:
+            raise ValueError(f"target_epsilon must be > 0, got {self.target_epsilon!r}")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.accountant not in ACCOUNTANTS:
+            raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScenarioConfig:
+    """Everything one run needs, as typed objects (built from YAML by experiments/build.py).
+
+    Attributes:
+      seed: the run seed; split into named key streams.
+      cohort: where the images come from.
+      test_fraction: held-out share of the cohort for test accuracy, in (0, 1).
+      partition: how records are split into hospitals.
+      model_factory: ``model_factory(input_shape=..., num_classes=...) -> Model``.
+      federation: the federated protocol.
+      dp: DP-SGD settings, or ``None`` for no defense.
+      delta: delta at which epsilon is reported.
+      attack: the attack, or ``None`` for no attack.
+      attack_compilation: how the attack is compiled.
+      observe_round: the round the attacker records; negative counts from the end.
+      num_victims: how many observed hospitals are attacked.
+    """
+
+    seed: int
+    cohort: data_lib.CohortSource
+    test_fraction: float
+    partition: data_lib.PartitionConfig
+    model_factory: Callable[..., Model]
+    federation: FederatedConfig
+    dp: DPSGDSettings | None
+    delta: float = 1e-5
+    attack: InvertingGradientsConfig | None
+    attack_compilation: AttackCompilation = AttackCompilation()
+    observe_round: int = -1
+    num_victims: int = 1
+
+    def __post_init__(self):
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        if not -self.federation.rounds <= self.observe_round < self.federation.rounds:
+            raise ValueError(f"observe_round must be in [-{self.federation.rounds}, {self.federation.rounds}), "
+                             f"got {self.observe_round!r}")
+        if not (isinstance(self.num_victims, int) and self.num_victims >= 0):
+            raise ValueError(f"num_victims must be an integer >= 0, got {self.num_victims!r}")
+        if self.attack is not None and self.num_victims < 1:
+            raise ValueError("num_victims must be >= 1 when an attack is configured")
+        if not 0 < self.delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScenarioResult:
+    """Flat metrics plus the images to draw: ``truth`` and ``reconstructed`` are
+    ``[V, K, H, W, C]`` matched pairs per victim (K the number of matched records)."""
+
+    metrics: dict[str, float | int | str]
+    truth: np.ndarray | None
+    reconstructed: np.ndarray | None
+
+
+def run_scenario(config: ScenarioConfig) -> ScenarioResult:
+    """Runs one scenario and returns its metrics (see ``ScenarioResult``)."""
+    started = time.perf_counter()
+    keys = run_keys(config.seed)
+    federation = config.federation
+    rng = numpy_generator(keys.data)
+    cohort = data_lib.load_cohort(config.cohort, rng)
+    train_cohort, test_cohort = data_lib.split_train_test(cohort, config.test_fraction, rng)
+    partition, train_cohort = data_lib.partition_cohort(train_cohort, config.partition, rng)
+    sizes = np.array([len(p) for p in partition])
+    model = config.model_factory(input_shape=cohort.input_shape, num_classes=cohort.num_classes)
+    check_input_shape(model, cohort.input_shape)
+
+    plan = None
+    if config.dp is not None:
+        sampling_rate = federation.batch_size / float(np.mean(sizes))
+        if sampling_rate > 1:
+            raise ValueError(f"batch_size {federation.batch_size} exceeds the mean hospital size "
+                             f"{np.mean(sizes):.1f}: the Poisson sampling rate would be above 1")
+        steps = federation.rounds * federation.local_steps
+        common = dict(l2_clip_norm=config.dp.l2_clip_norm, sampling_rate=sampling_rate, steps=steps,
+                      expected_batch_size=float(federation.batch_size))
+        if config.dp.noise_multiplier is None:
+            plan = DPSGDPlan.calibrated(target_epsilon=config.dp.target_epsilon, delta=config.dp.delta,
+                                        accountant=config.dp.accountant, **common)
+        else:
+            plan = DPSGDPlan(noise_multiplier=config.dp.noise_multiplier, **common)
+
+    # DP-SGD's accounting assumes Poisson sampling; without DP, batches are drawn by shuffling.
+    sampling = "poisson" if plan is not None else "shuffle"
+    if sampling == "shuffle" and federation.batch_size > sizes.min():
+        raise ValueError(f"batch_size {federation.batch_size} is larger than the smallest hospital "
+                         f"({sizes.min()} records); lower algorithm.batch_size or change the partition")
+
+    def round_data(round_index: int, participating: np.ndarray) -> ClientData:
+        return data_lib.build_round_data(
+            train_cohort.images, train_cohort.labels, partition, local_steps=federation.local_steps,
+            batch_size=federation.batch_size, sampling=sampling,
+            sampling_rate=plan.sampling_rate if plan is not None else None, participating=participating,
+            rng=numpy_generator(jax.random.fold_in(keys.sampling, round_index)))
+
+    observe_round = config.observe_round % federation.rounds
+    params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape)))
+    training = train(model=model, config=federation, params=params, round_data=round_data,
+                     sampling_key=keys.sampling, clients_key=keys.clients, num_clients=len(partition),
+                     observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan)
+    results: dict[str, float | int | str] = {
+        "utility.test_accuracy": metrics.accuracy(model, training.params, test_cohort.images, test_cohort.labels),
+        "train.seconds": float(np.sum(training.seconds_per_round)),
+        "train.seconds_per_round": float(np.median(training.seconds_per_round)),
+        "data.num_train_records": int(train_cohort.num_records),
+        "data.num_test_records": int(test_cohort.num_records),
+        "data.smallest_hospital": int(sizes.min()),
+        "data.largest_hospital": int(sizes.max()),
+        "model.num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+    }
+    if plan is not None:
+        results.update(plan.report(config.dp.delta).as_dict())
+    else:
+        results.update({"privacy.unit": "none", "privacy.epsilon": float("inf")})
+
+    truth = reconstructed = None
+    if config.attack is not None:
+        observation = training.observations[observe_round]
+        client_data = training.observed_data[observe_round]
+        victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
+        victim_clients = [observation.metadata.client_ids[v] for v in victims]
+        labels = None
+        if config.attack.label_strategy == "known":
+            labels = np.asarray(client_data.examples["y"])[victim_clients]
+        attack_started = time.perf_counter()
+        reconstruction = invert_gradients(observation, model, config.attack, keys.attack, victims=victims,
+                                          labels=labels, compilation=config.attack_compilation)
+        attack_seconds = time.perf_counter() - attack_started
+        scores, truth, reconstructed = score_reconstruction(reconstruction, client_data, victim_clients,
+                                                            partition, train_cohort)
+        results.update(scores)
+        results["attack.seconds"] = attack_seconds
+        results["attack.seconds_per_iteration"] = attack_seconds / (
+            config.attack.iterations * config.attack.restarts * len(victims))
+        results["attack.round"] = observe_round
+    results["scenario.seconds"] = time.perf_counter() - started
+    return ScenarioResult(results, truth, reconstructed)
+
+
+def score_reconstruction(reconstruction: Reconstruction, client_data: ClientData, victim_clients: list[int],
+                         partition: list[np.ndarray], cohort) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Scores each victim's reconstruction against the records it really used that round.
+
+    Reconstructions and true records are paired by best match (Hungarian on MSE); under
+    Poisson sampling the two sets may differ in size and only matched pairs are scored.
+    """
+    psnrs, ssims, mses, reidentified, pairs_truth, pairs_recon = [], [], [], [], [], []
+    label_hits = label_total = 0
+    for position, client in enumerate(victim_clients):
+        mask = np.asarray(client_data.example_mask[client]).reshape(-1) > 0
+        true_images = np.asarray(client_data.examples["x"][client]).reshape(-1, *cohort.input_shape)[mask]
+        true_ids = np.asarray(client_data.record_ids[client]).reshape(-1)[mask]
+        true_labels = np.asarray(client_data.examples["y"][client]).reshape(-1)[mask]
+        recon = reconstruction.inputs[position].reshape(-1, *cohort.input_shape)
+        recon_labels = reconstruction.labels[position].reshape(-1)
+        if true_images.shape[0] == 0:
+            continue
+        if recon.shape[0] <= true_images.shape[0]:
+            recon_index = np.arange(recon.shape[0])
+            truth_index = metrics.best_match(recon, true_images)
+        else:
+            truth_index = np.arange(true_images.shape[0])
+            recon_index = metrics.best_match(true_images, recon)
+        matched_recon, matched_truth = recon[recon_index], true_images[truth_index]
+        psnrs.append(np.asarray(metrics.psnr(matched_recon, matched_truth)))
+        ssims.append(np.asarray(metrics.ssim(matched_recon, matched_truth)))
+        mses.append(np.asarray(metrics.mse(matched_recon, matched_truth)))
+        hospital = partition[client]
+        reidentified.append(metrics.reidentification_rate(matched_recon, true_ids[truth_index],
+                                                          cohort.images[hospital], hospital) * len(recon_index))
+        label_hits += int(np.sum(recon_labels[recon_index] == true_labels[truth_index]))
+        label_total += len(recon_index)
+        pairs_truth.append(matched_truth)
+        pairs_recon.append(matched_recon)
+    if label_total == 0:
+        nan = float("nan")
+        return ({"attack.psnr_db": nan, "attack.ssim": nan, "attack.mse": nan, "attack.label_accuracy": nan,
+                 "attack.reidentification_rate": nan, "attack.records_scored": 0}, None, None)
+    psnr_all = np.concatenate(psnrs)
+    scores = {
+        "attack.psnr_db": float(np.mean(np.minimum(psnr_all, 100.0))),  # exact copies are capped at 100 dB
+        "attack.psnr_db_best": float(np.max(np.minimum(psnr_all, 100.0))),
+        "attack.ssim": float(np.mean(np.concatenate(ssims))),
+        "attack.mse": float(np.mean(np.concatenate(mses))),
+        "attack.label_accuracy": label_hits / label_total,
+        "attack.reidentification_rate": float(np.sum(reidentified) / label_total),
+        "attack.records_scored": int(label_total),
+    }
+    width = max(p.shape[0] for p in pairs_truth)
+    pad = lambda arrays: np.stack([np.concatenate([a, np.zeros((width - a.shape[0], *a.shape[1:]), a.dtype)])
+                                   for a in arrays])
+    return scores, pad(pairs_truth), pad(pairs_recon)
