@@ -158,10 +158,15 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         raise ValueError(f"batch_size {federation.batch_size} is larger than the smallest hospital "
                          f"({sizes.min()} records); lower algorithm.batch_size or change the partition")
 
+    # Under Poisson sampling the capacity is a bound a draw exceeds with probability 1e-6
+    # (larger draws grow it: exact sampling, one recompilation in that rare round).
+    capacity = (federation.batch_size if plan is None
+                else data_lib.poisson_capacity(int(sizes.max()), plan.sampling_rate))
+
     def round_data(round_index: int, participating: np.ndarray) -> ClientData:
         return data_lib.build_round_data(
             train_cohort.images, train_cohort.labels, partition, local_steps=federation.local_steps,
-            batch_size=federation.batch_size, sampling=sampling,
+            batch_size=capacity, sampling=sampling,
             sampling_rate=plan.sampling_rate if plan is not None else None, participating=participating,
             rng=numpy_generator(jax.random.fold_in(keys.sampling, round_index)))
 

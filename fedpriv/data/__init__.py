@@ -14,7 +14,7 @@ Typical use::
                                   sampling="full", rng=numpy_generator(keys.sampling))
 """
 
-from fedpriv.data.client_data import SAMPLING_SCHEMES, build_round_data
+from fedpriv.data.client_data import SAMPLING_SCHEMES, build_round_data, poisson_capacity
 from fedpriv.data.cohort import ImageCohort, split_train_test
 from fedpriv.data.ct import load_ct_small_slice, make_ct_slice_cohort
 from fedpriv.data.dicom import UNLABELED, load_dicom_folder, read_dicom_modality
@@ -61,6 +61,7 @@ __all__ = [
     "partition_cohort",
     "partition_dirichlet",
     "partition_iid",
+    "poisson_capacity",
     "partition_quantity_skew",
     "read_dicom_modality",
     "resize_image",

@@ -12,8 +12,12 @@ Three ways of sampling local batches:
 * ``"shuffle"``: FedAvg-style local SGD, ``local_steps`` batches of ``batch_size`` drawn
   without replacement within an epoch and reshuffled each epoch.
 * ``"poisson"``: DP-SGD's Poisson subsampling, every record independently in every step
-  with probability ``sampling_rate``; the capacity holds all of the client's records, so
-  the sampling is exact (no truncation of large draws), as privacy accounting assumes.
+  with probability ``sampling_rate``. Sampled records are packed to the front of each
+  step. The capacity is ``batch_size`` (e.g. ``poisson_capacity``, a bound that a draw
+  exceeds with tiny probability) but grows to fit any larger draw, so the sampling is
+  exact (no truncation), as privacy accounting assumes; only in that rare round do the
+  shapes change (one recompilation). Without ``batch_size`` the capacity is the
+  largest client's size.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from fedpriv.data._validation import check_generator, check_int
 from fedpriv.typing import ClientData
@@ -49,9 +54,10 @@ def build_round_data(
       partition: one 1-D array of record indices per client (``C`` clients).
       local_steps: local steps ``S`` per client, >= 1 (must be 1 for ``"full"``).
       batch_size: examples per step. Required for ``"shuffle"`` (at most the smallest
-        client's size). For ``"full"`` and ``"poisson"`` it is an optional fixed capacity
-        ``B`` (>= the largest client, so shapes can stay fixed across partitions);
-        ``None`` means the largest client's size.
+        client's size). For ``"full"`` it is an optional fixed capacity ``B`` (>= the
+        largest client, so shapes can stay fixed across partitions). For ``"poisson"`` it
+        is the capacity, grown to fit a larger draw (see ``poisson_capacity``). ``None``
+        means the largest client's size.
       sampling: ``"full"``, ``"shuffle"`` or ``"poisson"`` (see the module docstring).
       sampling_rate: Poisson inclusion probability in (0, 1]; required for ``"poisson"``
         and refused otherwise.
@@ -108,7 +114,7 @@ def build_round_data(
             [_shuffled_batches(part, local_steps, batch_size, rng) for part in partition]
         )
     else:
-        capacity = _capacity(batch_size, int(sizes.max()))
+        capacity = _capacity(batch_size, int(sizes.max()), allow_smaller=sampling == "poisson")
         if sampling == "full":
             if local_steps != 1:
                 raise ValueError(
@@ -120,16 +126,35 @@ def build_round_data(
                 record_ids[client, 0, : part.size] = rng.permutation(part)
         else:
             sampling_rate = _check_sampling_rate(sampling_rate)
-            record_ids = np.full((num_clients, local_steps, capacity), -1, dtype=np.int64)
+            largest = int(sizes.max())
+            candidates = np.full((num_clients, local_steps, largest), -1, dtype=np.int64)
             for client, part in enumerate(partition):
-                record_ids[client, :, : part.size] = part
+                candidates[client, :, : part.size] = part
             # One Bernoulli draw per (client, step, slot), padding included, so the
             # stream consumed does not depend on the partition's sizes.
-            sampled = rng.random(record_ids.shape) < sampling_rate
-            record_ids = np.where(sampled, record_ids, -1)
+            sampled = (rng.random(candidates.shape) < sampling_rate) & (candidates >= 0)
+            capacity = max(capacity, int(sampled.sum(axis=-1).max(initial=0)))
+            # Pack the sampled records to the front: a stable sort puts True first.
+            order = np.argsort(~sampled, axis=-1, kind="stable")
+            packed = np.where(np.take_along_axis(sampled, order, axis=-1),
+                              np.take_along_axis(candidates, order, axis=-1), -1)
+            record_ids = np.full((num_clients, local_steps, capacity), -1, dtype=np.int64)
+            width = min(capacity, largest)
+            record_ids[..., :width] = packed[..., :width]
 
     record_ids[~participating] = -1
     return _assemble(images, labels, record_ids, participating)
+
+
+def poisson_capacity(largest_client: int, sampling_rate: float, overflow_probability: float = 1e-6) -> int:
+    """A batch capacity that one client's Poisson draw exceeds with at most ``overflow_probability``.
+
+    The smallest ``k`` with ``P(Binomial(largest_client, sampling_rate) > k) <= overflow_probability``.
+    Rounds whose draw exceeds it are not truncated: ``build_round_data`` grows the capacity.
+    """
+    largest_client = check_int("largest_client", largest_client, minimum=1)
+    sampling_rate = _check_sampling_rate(sampling_rate)
+    return max(1, int(scipy.stats.binom.isf(overflow_probability, largest_client, sampling_rate)))
 
 
 def _shuffled_batches(
@@ -226,12 +251,12 @@ def _check_participating(participating: object, num_clients: int) -> np.ndarray:
     return participating
 
 
-def _capacity(batch_size: object, largest: int) -> int:
+def _capacity(batch_size: object, largest: int, allow_smaller: bool = False) -> int:
     if batch_size is None:
         # At least one slot, so a round whose clients are all empty still has a shape.
         return max(largest, 1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    if batch_size < largest:
+    if batch_size < largest and not allow_smaller:
         raise ValueError(
             f"batch_size (the capacity) must be >= the largest client's size {largest} with "
             f"sampling='full' or 'poisson', got {batch_size}; or leave it None"

@@ -112,10 +112,13 @@ def test_poisson_mask_rate_matches_sampling_rate():
     # 60 steps x 60 records = 3600 Bernoulli(0.3) draws: std of the rate 0.0076.
     observed = mask.sum() / (60 * sizes.sum())
     assert abs(observed - rate) < 0.03
+    ids = np.asarray(data.record_ids)
     for client, size in enumerate(sizes):
-        # Padding slots are never sampled; every record is sampled in some step.
+        # Sampled records are packed to the front; every record is sampled in some step.
         assert mask[client, :, size:].sum() == 0
-        assert (mask[client, :, :size].sum(axis=0) > 0).all()
+        counts = mask[client].sum(axis=1).astype(int)
+        assert all(mask[client, step, :count].all() for step, count in enumerate(counts))
+        assert set(ids[client][ids[client] >= 0].tolist()) == set(PARTITION[client].tolist())
     # Batch sizes vary from step to step (no truncation to a fixed size).
     assert np.unique(mask[2].sum(axis=1)).size > 3
 
@@ -199,3 +202,16 @@ def test_invalid_partition_and_labels():
         build(labels=LABELS[:-1])
     with pytest.raises(TypeError, match="rng"):
         build(rng=42)
+
+
+def test_poisson_capacity_bounds_the_draw_and_larger_draws_grow_it():
+    from fedpriv.data import poisson_capacity
+    import scipy.stats
+    capacity = poisson_capacity(100, 0.05, overflow_probability=1e-6)
+    # Closed form: P(Binomial(100, 0.05) > k) <= 1e-6 at k = capacity, not at capacity - 1.
+    assert scipy.stats.binom.sf(capacity, 100, 0.05) <= 1e-6 < scipy.stats.binom.sf(capacity - 1, 100, 0.05)
+    # A capacity of 1 with rate 0.5 is exceeded: the round grows instead of truncating.
+    data = _build(sampling="poisson", local_steps=20, sampling_rate=0.5, batch_size=1)
+    mask = np.asarray(data.example_mask)
+    assert mask.shape[-1] == int(mask.sum(axis=-1).max()) > 1
+    _assert_padding_invariants(data)
