@@ -110,6 +110,12 @@ class ScenarioConfig:
             raise ValueError(f"num_victims must be an integer >= 0, got {self.num_victims!r}")
         if self.attack is not None and self.num_victims < 1:
             raise ValueError("num_victims must be >= 1 when an attack is configured")
+        # iDLG reads one label off the head update: caught here, not after the whole training run.
+        if (self.attack is not None and self.attack.label_strategy == "idlg"
+                and self.federation.local_steps * self.federation.batch_size != 1):
+            raise ValueError("attack label_strategy 'idlg' needs one local step of batch 1, got local_steps="
+                             f"{self.federation.local_steps}, batch_size={self.federation.batch_size}; "
+                             "use label_strategy 'known' (attack.config.label_strategy=known) or no attack")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
 
