@@ -135,10 +135,10 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     started = time.perf_counter()
     keys = run_keys(config.seed)
     federation = config.federation
-    rng = numpy_generator(keys.data)
-    cohort = data_lib.load_cohort(config.cohort, rng)
-    train_cohort, test_cohort = data_lib.split_train_test(cohort, config.test_fraction, rng)
-    partition, train_cohort = data_lib.partition_cohort(train_cohort, config.partition, rng)
+    generator = numpy_generator(keys.data)
+    cohort = data_lib.load_cohort(config.cohort, generator)
+    train_cohort, test_cohort = data_lib.split_train_test(cohort, config.test_fraction, generator)
+    partition, train_cohort = data_lib.partition_cohort(train_cohort, config.partition, generator)
     sizes = np.array([len(p) for p in partition])
     model = config.model_factory(input_shape=cohort.input_shape, num_classes=cohort.num_classes)
     check_input_shape(model, cohort.input_shape)
@@ -174,7 +174,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
             train_cohort.images, train_cohort.labels, partition, local_steps=federation.local_steps,
             batch_size=capacity, sampling=sampling,
             sampling_rate=plan.sampling_rate if plan is not None else None, participating=participating,
-            rng=numpy_generator(jax.random.fold_in(keys.sampling, round_index)))
+            # The "sampling" stream picks hospitals; batches come from the "data" stream
+            # (the cohort from its root, round r's batches from fold_in(data, r + 1)).
+            generator=numpy_generator(jax.random.fold_in(keys.data, round_index + 1)))
 
     observe_round = config.observe_round % federation.rounds
     params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape)))

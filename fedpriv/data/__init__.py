@@ -6,12 +6,12 @@ JAX arrays to the jitted training code.
 
 Typical use::
 
-    rng = numpy_generator(keys.data)
-    cohort = make_phantom_cohort(1000, 32, rng)
+    generator = numpy_generator(keys.data)
+    cohort = make_phantom_cohort(1000, 32, generator)
     partition, cohort = partition_cohort(cohort, PartitionConfig(scheme="dirichlet",
-                                                                 num_clients=8), rng)
+                                                                 num_clients=8), generator)
     round_data = build_round_data(cohort.images, cohort.labels, partition, local_steps=1,
-                                  sampling="full", rng=numpy_generator(keys.sampling))
+                                  sampling="full", generator=numpy_generator(keys.sampling))
 """
 
 from fedpriv.data.client_data import SAMPLING_SCHEMES, build_round_data, poisson_capacity

@@ -44,7 +44,7 @@ def build_round_data(
     sampling: str,
     sampling_rate: float | None = None,
     participating: np.ndarray | None = None,
-    rng: np.random.Generator,
+    generator: np.random.Generator,
 ) -> ClientData:
     """Builds the ``ClientData`` of one round.
 
@@ -63,7 +63,7 @@ def build_round_data(
         and refused otherwise.
       participating: optional bool ``[C]``; clients marked False take no part in the
         round: ``client_mask`` 0 and an all-padding block.
-      rng: host-side generator (``fedpriv.keys.numpy_generator`` of the ``sampling``
+      generator: host-side generator (``fedpriv.keys.numpy_generator`` of the ``sampling``
         stream). The draws do not depend on ``participating``, so two rounds with the
         same generator state but different participants give the participants the same
         batches.
@@ -76,7 +76,7 @@ def build_round_data(
     Raises:
       ValueError: naming the argument, for inconsistent shapes or out-of-range values,
         e.g. a ``batch_size`` larger than a client's data under ``"shuffle"``.
-      TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+      TypeError: if ``generator`` is not a ``numpy.random.Generator``.
 
     Formal guarantees:
       With ``sampling="poisson"`` each record of a participating client is included in
@@ -90,7 +90,7 @@ def build_round_data(
     local_steps = check_int("local_steps", local_steps, minimum=1)
     if sampling not in SAMPLING_SCHEMES:
         raise ValueError(f"sampling must be one of {SAMPLING_SCHEMES}, got {sampling!r}")
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     num_clients = len(partition)
     sizes = np.array([part.size for part in partition])
     participating = _check_participating(participating, num_clients)
@@ -111,7 +111,7 @@ def build_round_data(
                     f"{size} records; sampling='shuffle' draws batches without replacement"
                 )
         record_ids = np.stack(
-            [_shuffled_batches(part, local_steps, batch_size, rng) for part in partition]
+            [_shuffled_batches(part, local_steps, batch_size, generator) for part in partition]
         )
     else:
         capacity = _capacity(batch_size, int(sizes.max()), allow_smaller=sampling == "poisson")
@@ -123,7 +123,7 @@ def build_round_data(
                 )
             record_ids = np.full((num_clients, 1, capacity), -1, dtype=np.int64)
             for client, part in enumerate(partition):
-                record_ids[client, 0, : part.size] = rng.permutation(part)
+                record_ids[client, 0, : part.size] = generator.permutation(part)
         else:
             sampling_rate = _check_sampling_rate(sampling_rate)
             largest = int(sizes.max())
@@ -132,7 +132,7 @@ def build_round_data(
                 candidates[client, :, : part.size] = part
             # One Bernoulli draw per (client, step, slot), padding included, so the
             # stream consumed does not depend on the partition's sizes.
-            sampled = (rng.random(candidates.shape) < sampling_rate) & (candidates >= 0)
+            sampled = (generator.random(candidates.shape) < sampling_rate) & (candidates >= 0)
             capacity = max(capacity, int(sampled.sum(axis=-1).max(initial=0)))
             # Pack the sampled records to the front: a stable sort puts True first.
             order = np.argsort(~sampled, axis=-1, kind="stable")
@@ -158,7 +158,7 @@ def poisson_capacity(largest_client: int, sampling_rate: float, overflow_probabi
 
 
 def _shuffled_batches(
-    part: np.ndarray, num_steps: int, batch_size: int, rng: np.random.Generator
+    part: np.ndarray, num_steps: int, batch_size: int, generator: np.random.Generator
 ) -> np.ndarray:
     """``[num_steps, batch_size]`` record ids: epochs of reshuffled ``part``, back to back.
 
@@ -171,13 +171,13 @@ def _shuffled_batches(
     filled = 0
     open_records = np.empty(0, dtype=part.dtype)
     while filled < total:
-        epoch = rng.permutation(part)
+        epoch = generator.permutation(part)
         if open_records.size:
             needed = batch_size - open_records.size
             in_open = np.isin(epoch, open_records)
             others, repeats = epoch[~in_open], epoch[in_open]
             epoch = np.concatenate(
-                [others[:needed], rng.permutation(np.concatenate([others[needed:], repeats]))]
+                [others[:needed], generator.permutation(np.concatenate([others[needed:], repeats]))]
             )
         chunks.append(epoch)
         filled += epoch.size

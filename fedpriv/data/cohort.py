@@ -104,7 +104,7 @@ class ImageCohort:
 
 
 def split_train_test(
-    cohort: ImageCohort, test_fraction: float, rng: np.random.Generator
+    cohort: ImageCohort, test_fraction: float, generator: np.random.Generator
 ) -> tuple[ImageCohort, ImageCohort]:
     """Splits a cohort into train and test, stratified by label.
 
@@ -115,7 +115,7 @@ def split_train_test(
     Args:
       cohort: the cohort to split.
       test_fraction: fraction of each class that goes to the test set, in (0, 1).
-      rng: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data`` stream).
+      generator: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data`` stream).
 
     Returns:
       ``(train, test)`` cohorts named ``"<name>/train"`` and ``"<name>/test"``.
@@ -124,7 +124,7 @@ def split_train_test(
       ValueError: if ``test_fraction`` is outside (0, 1) or leaves either half empty.
     """
     test_fraction = check_open_unit_interval("test_fraction", test_fraction)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     is_test = np.zeros(cohort.num_records, dtype=bool)
     for label in range(cohort.num_classes):
         members = np.flatnonzero(cohort.labels == label)
@@ -132,7 +132,7 @@ def split_train_test(
         # Keep at least one record of each present class in train: a class seen only at
         # test time would make the split useless for that class.
         num_test = min(num_test, members.size - 1) if members.size else 0
-        is_test[rng.permutation(members)[:num_test]] = True
+        is_test[generator.permutation(members)[:num_test]] = True
     if not is_test.any() or is_test.all():
         raise ValueError(
             f"test_fraction={test_fraction} leaves the train or test half of cohort "

@@ -81,7 +81,7 @@ def load_ct_small_slice() -> np.ndarray:
 
 
 def make_ct_slice_cohort(
-    num_records: int, image_size: int, rng: np.random.Generator, num_classes: int = 4
+    num_records: int, image_size: int, generator: np.random.Generator, num_classes: int = 4
 ) -> ImageCohort:
     """A cohort of jittered copies of the real CT slice, labelled by a synthetic lesion.
 
@@ -94,7 +94,7 @@ def make_ct_slice_cohort(
     Args:
       num_records: number of patients (images), >= 1.
       image_size: side of the square images in pixels, >= 16.
-      rng: host-side generator; the same state gives the same cohort, bit for bit.
+      generator: host-side generator; the same state gives the same cohort, bit for bit.
       num_classes: number of classes, in [2, 5].
 
     Returns:
@@ -102,21 +102,21 @@ def make_ct_slice_cohort(
 
     Raises:
       ValueError: naming the argument, if one is out of range.
-      TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+      TypeError: if ``generator`` is not a ``numpy.random.Generator``.
     """
     num_records = check_int("num_records", num_records, minimum=1)
     image_size = check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE)
     class_names = lesion_class_names(num_classes)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
 
     # Resize once, anti-aliased, then warp at the target resolution: warping the 128x128
     # original straight onto a coarse grid would alias.
     background = resize_image(load_ct_small_slice(), image_size)
-    labels = balanced_labels(num_records, len(class_names), rng)
+    labels = balanced_labels(num_records, len(class_names), generator)
     images = np.empty((num_records, image_size, image_size, 1), dtype=np.float32)
     for start in range(0, num_records, _CHUNK):
         stop = min(start + _CHUNK, num_records)
-        images[start:stop, ..., 0] = _render_chunk(background, labels[start:stop], rng)
+        images[start:stop, ..., 0] = _render_chunk(background, labels[start:stop], generator)
     logger.debug("generated %d CT-slice images of %dx%d", num_records, image_size, image_size)
     return ImageCohort(
         images=images,
@@ -127,11 +127,11 @@ def make_ct_slice_cohort(
 
 
 def _render_chunk(
-    background: np.ndarray, labels: np.ndarray, rng: np.random.Generator
+    background: np.ndarray, labels: np.ndarray, generator: np.random.Generator
 ) -> np.ndarray:
     count = labels.shape[0]
     size = background.shape[0]
-    source = _similarity_source_coordinates(size, count, rng)
+    source = _similarity_source_coordinates(size, count, generator)
     # Edge pixels are lung/air at the top and soft tissue below; extending them is a
     # better guess than a constant outside the field of view.
     hu = ndi.map_coordinates(background, source, order=1, mode="nearest")
@@ -139,19 +139,19 @@ def _render_chunk(
     # lesion follows the anatomy under every pose.
     region = ndi.map_coordinates(_lesion_region(background), source, order=1, mode="nearest")
 
-    gain = rng.uniform(0.95, 1.05, size=(count, 1, 1)).astype(np.float32)
-    offset = rng.uniform(-15.0, 15.0, size=(count, 1, 1)).astype(np.float32)
+    gain = generator.uniform(0.95, 1.05, size=(count, 1, 1)).astype(np.float32)
+    offset = generator.uniform(-15.0, 15.0, size=(count, 1, 1)).astype(np.float32)
     hu = hu.astype(np.float32) * gain + offset
 
     low, high = SOFT_TISSUE_HU
     site = (region > 0.5) & (hu > low) & (hu < high)
-    centers = sample_lesion_centers(site, site_margin_pixels(size), rng)
-    radii = lesion_radii(size, count, rng)
-    hu = draw_lesions(hu, labels, centers, radii, rng)
+    centers = sample_lesion_centers(site, site_margin_pixels(size), generator)
+    radii = lesion_radii(size, count, generator)
+    hu = draw_lesions(hu, labels, centers, radii, generator)
 
     unit = hounsfield_to_unit(hu, *SOFT_TISSUE_WINDOW)
-    noise_std = rng.uniform(0.008, 0.03, size=(count, 1, 1)).astype(np.float32)
-    unit = unit + noise_std * smooth_noise(hu.shape, 0.5, rng)
+    noise_std = generator.uniform(0.008, 0.03, size=(count, 1, 1)).astype(np.float32)
+    unit = unit + noise_std * smooth_noise(hu.shape, 0.5, generator)
     return np.clip(unit, 0.0, 1.0)
 
 
@@ -169,7 +169,7 @@ def _lesion_region(background: np.ndarray) -> np.ndarray:
 
 
 def _similarity_source_coordinates(
-    size: int, count: int, rng: np.random.Generator
+    size: int, count: int, generator: np.random.Generator
 ) -> np.ndarray:
     """Source pixel of every output pixel under ``count`` random similarity transforms.
 
@@ -177,9 +177,9 @@ def _similarity_source_coordinates(
     ``[2, count, size, size]`` so one ``map_coordinates`` call warps every patient: no
     per-image Python work.
     """
-    angle = rng.uniform(-0.12, 0.12, size=(count, 1, 1))
-    scale = rng.uniform(0.92, 1.08, size=(count, 1, 1))
-    shift = rng.uniform(-0.04, 0.04, size=(2, count, 1, 1)) * size
+    angle = generator.uniform(-0.12, 0.12, size=(count, 1, 1))
+    scale = generator.uniform(0.92, 1.08, size=(count, 1, 1))
+    shift = generator.uniform(-0.04, 0.04, size=(2, count, 1, 1)) * size
     middle = (size - 1) / 2.0
     grid = np.arange(size, dtype=np.float64) - middle
     rows, cols = grid[None, :, None], grid[None, None, :]

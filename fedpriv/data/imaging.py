@@ -83,7 +83,7 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def smooth_noise(
-    shape: tuple[int, ...], correlation_pixels: float, rng: np.random.Generator
+    shape: tuple[int, ...], correlation_pixels: float, generator: np.random.Generator
 ) -> np.ndarray:
     """Spatially correlated Gaussian noise with unit standard deviation.
 
@@ -93,12 +93,12 @@ def smooth_noise(
     Args:
       shape: ``[..., H, W]``; only the last two axes are smoothed.
       correlation_pixels: standard deviation of the smoothing Gaussian, in pixels.
-      rng: host-side generator.
+      generator: host-side generator.
 
     Returns:
       float32 array of ``shape`` whose entries have (approximately) unit variance.
     """
-    white = rng.standard_normal(shape, dtype=np.float32)
+    white = generator.standard_normal(shape, dtype=np.float32)
     sigma = (0.0,) * (len(shape) - 2) + (correlation_pixels, correlation_pixels)
     field = ndi.gaussian_filter(white, sigma=sigma, mode="wrap")
     # A Gaussian filter of std s shrinks white noise's std by 1 / (2 sqrt(pi) s) in 2-D;

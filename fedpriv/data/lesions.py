@@ -49,19 +49,19 @@ def lesion_class_names(num_classes: int) -> tuple[str, ...]:
     return LESION_CLASS_NAMES[:num_classes]
 
 
-def balanced_labels(num_records: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+def balanced_labels(num_records: int, num_classes: int, generator: np.random.Generator) -> np.ndarray:
     """Labels with every class as equally frequent as possible, in random order.
 
     Exact balance (rather than i.i.d. draws) guarantees every class is present as soon as
     ``num_records >= num_classes``, which small test cohorts and skewed partitions need.
     """
-    return rng.permutation(np.arange(num_records) % num_classes).astype(np.int32)
+    return generator.permutation(np.arange(num_records) % num_classes).astype(np.int32)
 
 
-def lesion_radii(image_size: int, count: int, rng: np.random.Generator) -> np.ndarray:
+def lesion_radii(image_size: int, count: int, generator: np.random.Generator) -> np.ndarray:
     """Per-record lesion radius in pixels, ``[count]`` float32."""
     low, high = RADIUS_FRACTION
-    return (rng.uniform(low, high, size=count) * image_size).astype(np.float32)
+    return (generator.uniform(low, high, size=count) * image_size).astype(np.float32)
 
 
 def site_margin_pixels(image_size: int) -> int:
@@ -74,7 +74,7 @@ def site_margin_pixels(image_size: int) -> int:
 
 
 def sample_lesion_centers(
-    site_mask: np.ndarray, margin_pixels: int, rng: np.random.Generator
+    site_mask: np.ndarray, margin_pixels: int, generator: np.random.Generator
 ) -> np.ndarray:
     """Draws one lesion centre per image, uniformly among pixels of the host organ.
 
@@ -86,7 +86,7 @@ def sample_lesion_centers(
       site_mask: ``[N, H, W]`` bool, True where a lesion may be centred.
       margin_pixels: distance to keep from the organ boundary (a square neighbourhood,
         which is conservative for round lesions).
-      rng: host-side generator.
+      generator: host-side generator.
 
     Returns:
       ``[N, 2]`` float32 ``(row, col)`` centres in pixel-index coordinates, with
@@ -102,12 +102,12 @@ def sample_lesion_centers(
         candidates = np.where(has_room[:, None, None], eroded, site_mask)
     # The argmax of i.i.d. uniform scores over the allowed pixels is a uniform draw among
     # them, for every image at once.
-    scores = rng.random(site_mask.shape, dtype=np.float32)
+    scores = generator.random(site_mask.shape, dtype=np.float32)
     scores = np.where(candidates, scores, -1.0)
     flat = scores.reshape(count, -1).argmax(axis=1)
     rows, cols = np.divmod(flat, width)
     centers = np.stack([rows, cols], axis=1).astype(np.float32)
-    centers += rng.uniform(-0.5, 0.5, size=(count, 2)).astype(np.float32)
+    centers += generator.uniform(-0.5, 0.5, size=(count, 2)).astype(np.float32)
     empty = ~candidates.any(axis=(1, 2))
     centers[empty] = ((height - 1) / 2.0, (width - 1) / 2.0)
     return centers
@@ -118,7 +118,7 @@ def draw_lesions(
     labels: np.ndarray,
     centers: np.ndarray,
     radii: np.ndarray,
-    rng: np.random.Generator,
+    generator: np.random.Generator,
 ) -> np.ndarray:
     """Draws the lesion of each image's label into a batch of HU images.
 
@@ -134,7 +134,7 @@ def draw_lesions(
       labels: ``[N]`` lesion type per image (index into ``LESION_CLASS_NAMES``).
       centers: ``[N, 2]`` ``(row, col)`` lesion centres in pixel-index coordinates.
       radii: ``[N]`` lesion radius in pixels.
-      rng: host-side generator.
+      generator: host-side generator.
 
     Returns:
       A new float32 ``[N, H, W]`` array; images with label 0 are unchanged.
@@ -151,14 +151,14 @@ def draw_lesions(
     rows = np.arange(height, dtype=np.float32)[None, :, None]
     cols = np.arange(width, dtype=np.float32)[None, None, :]
     # Every type's parameters are drawn in a fixed order, so the stream consumption (and
-    # thus the whole cohort) depends only on the rng and the labels.
+    # thus the whole cohort) depends only on the generator and the labels.
     for label, drawer in drawers.items():
         members = np.flatnonzero(labels == label)
         if members.size == 0:
             continue
         dy = rows - centers[members, 0, None, None]
         dx = cols - centers[members, 1, None, None]
-        out[members] = drawer(out[members], dy, dx, radii[members, None, None], rng)
+        out[members] = drawer(out[members], dy, dx, radii[members, None, None], generator)
     return out
 
 
@@ -168,22 +168,22 @@ def _blend(hu: np.ndarray, alpha: np.ndarray, value: np.ndarray) -> np.ndarray:
     return hu + alpha * (value - hu)
 
 
-def _draw_cyst(hu, dy, dx, radius, rng):
+def _draw_cyst(hu, dy, dx, radius, generator):
     count = hu.shape[0]
-    value = rng.normal(8.0, 4.0, size=(count, 1, 1)).astype(np.float32)
+    value = generator.normal(8.0, 4.0, size=(count, 1, 1)).astype(np.float32)
     distance = np.sqrt(dy * dy + dx * dx)
     # One-pixel ramp: the sharpest edge that is still anti-aliased.
     alpha = np.clip(radius - distance + 0.5, 0.0, 1.0)
     return _blend(hu, alpha, value)
 
 
-def _draw_mass(hu, dy, dx, radius, rng):
+def _draw_mass(hu, dy, dx, radius, generator):
     count = hu.shape[0]
-    value = rng.normal(160.0, 12.0, size=(count, 1, 1)).astype(np.float32)
+    value = generator.normal(160.0, 12.0, size=(count, 1, 1)).astype(np.float32)
     harmonics = np.array([2.0, 3.0, 5.0], dtype=np.float32)[:, None, None, None]
-    amplitudes = rng.uniform(0.06, 0.14, size=(3, count, 1, 1)).astype(np.float32)
-    phases = rng.uniform(0.0, 2.0 * np.pi, size=(3, count, 1, 1)).astype(np.float32)
-    texture = smooth_noise(hu.shape, max(0.7, float(np.mean(radius)) / 3.0), rng)
+    amplitudes = generator.uniform(0.06, 0.14, size=(3, count, 1, 1)).astype(np.float32)
+    phases = generator.uniform(0.0, 2.0 * np.pi, size=(3, count, 1, 1)).astype(np.float32)
+    texture = smooth_noise(hu.shape, max(0.7, float(np.mean(radius)) / 3.0), generator)
     angle = np.arctan2(dy, dx)
     # A radius that oscillates with angle gives the lobulated outline of a solid tumour.
     lobes = (amplitudes * np.cos(harmonics * angle[None] + phases)).sum(axis=0)
@@ -193,13 +193,13 @@ def _draw_mass(hu, dy, dx, radius, rng):
     return _blend(hu, alpha, value + 18.0 * texture)
 
 
-def _draw_calcification(hu, dy, dx, radius, rng):
+def _draw_calcification(hu, dy, dx, radius, generator):
     count, height, _ = hu.shape
     max_spots = 3
-    num_spots = rng.integers(1, max_spots + 1, size=count)
-    offset_radius = rng.uniform(0.0, 0.7, size=(max_spots, count)) * radius[:, 0, 0]
-    offset_angle = rng.uniform(0.0, 2.0 * np.pi, size=(max_spots, count))
-    peaks = rng.uniform(700.0, 1100.0, size=(max_spots, count)).astype(np.float32)
+    num_spots = generator.integers(1, max_spots + 1, size=count)
+    offset_radius = generator.uniform(0.0, 0.7, size=(max_spots, count)) * radius[:, 0, 0]
+    offset_angle = generator.uniform(0.0, 2.0 * np.pi, size=(max_spots, count))
+    peaks = generator.uniform(700.0, 1100.0, size=(max_spots, count)).astype(np.float32)
     # Foci stay about a pixel wide at any resolution >= 32, the smallest size a scanner
     # resolves; below that they would vanish in the anti-aliasing.
     spot_sigma = np.float32(max(0.6, 0.015 * height))
@@ -212,11 +212,11 @@ def _draw_calcification(hu, dy, dx, radius, rng):
     return hu
 
 
-def _draw_fat(hu, dy, dx, radius, rng):
+def _draw_fat(hu, dy, dx, radius, generator):
     count = hu.shape[0]
-    value = rng.normal(-90.0, 8.0, size=(count, 1, 1)).astype(np.float32)
-    aspect = rng.uniform(0.7, 1.0, size=(count, 1, 1)).astype(np.float32)
-    angle = rng.uniform(0.0, np.pi, size=(count, 1, 1)).astype(np.float32)
+    value = generator.normal(-90.0, 8.0, size=(count, 1, 1)).astype(np.float32)
+    aspect = generator.uniform(0.7, 1.0, size=(count, 1, 1)).astype(np.float32)
+    angle = generator.uniform(0.0, np.pi, size=(count, 1, 1)).astype(np.float32)
     along = dx * np.cos(angle) + dy * np.sin(angle)
     across = -dx * np.sin(angle) + dy * np.cos(angle)
     # Distance in units of the radius along the long axis; for an oval this is close

@@ -59,14 +59,14 @@ class PartitionConfig:
 
 
 def partition_cohort(
-    cohort: ImageCohort, config: PartitionConfig, rng: np.random.Generator
+    cohort: ImageCohort, config: PartitionConfig, generator: np.random.Generator
 ) -> tuple[list[np.ndarray], ImageCohort]:
     """Splits a cohort into hospitals according to ``config``.
 
     Args:
       cohort: the cohort to split.
       config: the scheme and its parameters.
-      rng: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data`` stream).
+      generator: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data`` stream).
 
     Returns:
       ``(partition, cohort_after_site_shift)``: the record indices of each client, and the
@@ -77,36 +77,36 @@ def partition_cohort(
       ValueError: if there are more clients than records or the scheme's constraints
         cannot be met.
     """
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     if config.scheme == "iid":
         _check_sizes(cohort.num_records, config.num_clients, config.min_records)
-        return partition_iid(cohort.num_records, config.num_clients, rng), cohort
+        return partition_iid(cohort.num_records, config.num_clients, generator), cohort
     if config.scheme == "dirichlet":
         partition = partition_dirichlet(
-            cohort.labels, config.num_clients, config.alpha, rng, config.min_records
+            cohort.labels, config.num_clients, config.alpha, generator, config.min_records
         )
         return partition, cohort
     if config.scheme == "quantity_skew":
         partition = partition_quantity_skew(
-            cohort.num_records, config.num_clients, config.alpha, rng, config.min_records
+            cohort.num_records, config.num_clients, config.alpha, generator, config.min_records
         )
         return partition, cohort
     partition = partition_by_site(
-        cohort.labels, config.num_clients, config.alpha, rng, config.min_records
+        cohort.labels, config.num_clients, config.alpha, generator, config.min_records
     )
-    profiles = sample_scanner_profiles(config.num_clients, rng)
-    return partition, apply_site_shift(cohort, partition, profiles, rng)
+    profiles = sample_scanner_profiles(config.num_clients, generator)
+    return partition, apply_site_shift(cohort, partition, profiles, generator)
 
 
 def partition_iid(
-    num_records: int, num_clients: int, rng: np.random.Generator
+    num_records: int, num_clients: int, generator: np.random.Generator
 ) -> list[np.ndarray]:
     """Random shares whose sizes differ by at most one record.
 
     Args:
       num_records: cohort size ``N``.
       num_clients: number of clients, in ``[1, N]``.
-      rng: host-side generator.
+      generator: host-side generator.
 
     Returns:
       One sorted index array per client.
@@ -116,15 +116,15 @@ def partition_iid(
     """
     num_records = check_int("num_records", num_records, minimum=1)
     _check_sizes(num_records, num_clients, 1)
-    rng = check_generator("rng", rng)
-    return [np.sort(part) for part in np.array_split(rng.permutation(num_records), num_clients)]
+    generator = check_generator("generator", generator)
+    return [np.sort(part) for part in np.array_split(generator.permutation(num_records), num_clients)]
 
 
 def partition_dirichlet(
     labels: np.ndarray,
     num_clients: int,
     alpha: float,
-    rng: np.random.Generator,
+    generator: np.random.Generator,
     min_records: int = 1,
 ) -> list[np.ndarray]:
     """Label skew: each class is spread over clients by Dirichlet(alpha) proportions.
@@ -135,7 +135,7 @@ def partition_dirichlet(
       labels: ``[N]`` integer labels of the cohort.
       num_clients: number of clients, in ``[1, N]``.
       alpha: Dirichlet concentration, > 0; small values give each client few classes.
-      rng: host-side generator.
+      generator: host-side generator.
       min_records: fewest records any client may hold, >= 1.
 
     Returns:
@@ -151,13 +151,13 @@ def partition_dirichlet(
     """
     labels = _check_labels(labels)
     num_clients, alpha, min_records = _check_common(labels.size, num_clients, alpha, min_records)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     members_of = [np.flatnonzero(labels == label) for label in np.unique(labels)]
     for _ in range(_MAX_ATTEMPTS):
         assignment = np.empty(labels.size, dtype=np.int64)
         for members in members_of:
-            members = rng.permutation(members)
-            shares = rng.dirichlet(np.full(num_clients, alpha))
+            members = generator.permutation(members)
+            shares = generator.dirichlet(np.full(num_clients, alpha))
             # Cut the shuffled class at the cumulative shares: position j of the class
             # goes to the client whose share interval contains j.
             cuts = np.round(np.cumsum(shares)[:-1] * members.size)
@@ -171,7 +171,7 @@ def partition_quantity_skew(
     num_records: int,
     num_clients: int,
     alpha: float,
-    rng: np.random.Generator,
+    generator: np.random.Generator,
     min_records: int = 1,
 ) -> list[np.ndarray]:
     """Random shares whose sizes follow Dirichlet(alpha) proportions.
@@ -184,7 +184,7 @@ def partition_quantity_skew(
       num_records: cohort size ``N``.
       num_clients: number of clients, in ``[1, N]``.
       alpha: Dirichlet concentration, > 0; small values give very unequal sizes.
-      rng: host-side generator.
+      generator: host-side generator.
       min_records: fewest records any client may hold, >= 1.
 
     Returns:
@@ -195,10 +195,10 @@ def partition_quantity_skew(
     """
     num_records = check_int("num_records", num_records, minimum=1)
     num_clients, alpha, min_records = _check_common(num_records, num_clients, alpha, min_records)
-    rng = check_generator("rng", rng)
-    shares = rng.dirichlet(np.full(num_clients, alpha))
-    sizes = min_records + rng.multinomial(num_records - num_clients * min_records, shares)
-    order = rng.permutation(num_records)
+    generator = check_generator("generator", generator)
+    shares = generator.dirichlet(np.full(num_clients, alpha))
+    sizes = min_records + generator.multinomial(num_records - num_clients * min_records, shares)
+    order = generator.permutation(num_records)
     return [np.sort(part) for part in np.split(order, np.cumsum(sizes)[:-1])]
 
 
@@ -206,7 +206,7 @@ def partition_by_site(
     labels: np.ndarray,
     num_clients: int,
     alpha: float,
-    rng: np.random.Generator,
+    generator: np.random.Generator,
     min_records: int = 1,
 ) -> list[np.ndarray]:
     """Each hospital its own case mix: class prevalence ~ Dirichlet(alpha) per site.
@@ -222,7 +222,7 @@ def partition_by_site(
       labels: ``[N]`` integer labels of the cohort.
       num_clients: number of sites, in ``[1, N]``.
       alpha: Dirichlet concentration of each site's case mix, > 0.
-      rng: host-side generator.
+      generator: host-side generator.
       min_records: fewest records any site may hold, >= 1.
 
     Returns:
@@ -234,16 +234,16 @@ def partition_by_site(
     """
     labels = _check_labels(labels)
     num_clients, alpha, min_records = _check_common(labels.size, num_clients, alpha, min_records)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     classes, label_index = np.unique(labels, return_inverse=True)
     for _ in range(_MAX_ATTEMPTS):
-        case_mix = rng.dirichlet(np.full(classes.size, alpha), size=num_clients)  # [C, K]
+        case_mix = generator.dirichlet(np.full(classes.size, alpha), size=num_clients)  # [C, K]
         # Tiny alphas can underflow a whole column to zero; a floor keeps p(site | class)
         # defined without changing any distribution that did not underflow.
         case_mix = np.maximum(case_mix, 1e-300)
         site_given_class = case_mix / case_mix.sum(axis=0, keepdims=True)
         cumulative = np.cumsum(site_given_class, axis=0)[:, label_index]  # [C, N]
-        draws = rng.random(labels.size)
+        draws = generator.random(labels.size)
         assignment = np.minimum((draws[None, :] >= cumulative).sum(axis=0), num_clients - 1)
         if np.bincount(assignment, minlength=num_clients).min() >= min_records:
             return _parts(assignment, num_clients)

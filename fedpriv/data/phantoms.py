@@ -78,7 +78,7 @@ _SPINOUS_PROCESS = _Organ((0.0, 0.80), 0.01, (0.035, 0.075), 0.08, 0.0, 0.05, (6
 
 
 def make_phantom_cohort(
-    num_records: int, image_size: int, rng: np.random.Generator, *, num_classes: int = 4
+    num_records: int, image_size: int, generator: np.random.Generator, *, num_classes: int = 4
 ) -> ImageCohort:
     """Generates a cohort of CT-like phantom slices labelled by lesion type.
 
@@ -90,7 +90,7 @@ def make_phantom_cohort(
     Args:
       num_records: number of patients (images), >= 1.
       image_size: side of the square images in pixels, >= 16.
-      rng: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data``
+      generator: host-side generator (``fedpriv.keys.numpy_generator`` of the ``data``
         stream); the same generator state gives the same cohort, bit for bit.
       num_classes: number of classes, in [2, 5].
 
@@ -99,7 +99,7 @@ def make_phantom_cohort(
 
     Raises:
       ValueError: naming the argument, if one is out of range.
-      TypeError: if ``rng`` is not a ``numpy.random.Generator``.
+      TypeError: if ``generator`` is not a ``numpy.random.Generator``.
 
     Example:
       >>> cohort = make_phantom_cohort(8, 32, np.random.default_rng(0))
@@ -109,13 +109,13 @@ def make_phantom_cohort(
     num_records = check_int("num_records", num_records, minimum=1)
     image_size = check_int("image_size", image_size, minimum=MIN_IMAGE_SIZE)
     class_names = lesion_class_names(num_classes)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
 
-    labels = balanced_labels(num_records, len(class_names), rng)
+    labels = balanced_labels(num_records, len(class_names), generator)
     images = np.empty((num_records, image_size, image_size, 1), dtype=np.float32)
     for start in range(0, num_records, _CHUNK):
         stop = min(start + _CHUNK, num_records)
-        images[start:stop, ..., 0] = _render_chunk(labels[start:stop], image_size, rng)
+        images[start:stop, ..., 0] = _render_chunk(labels[start:stop], image_size, generator)
     logger.debug("generated %d phantoms of %dx%d", num_records, image_size, image_size)
     return ImageCohort(
         images=images,
@@ -125,7 +125,7 @@ def make_phantom_cohort(
     )
 
 
-def _render_chunk(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def _render_chunk(labels: np.ndarray, size: int, generator: np.random.Generator) -> np.ndarray:
     count = labels.shape[0]
     # Pixel centres in normalised image coordinates, (-1, 1) across the field of view.
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size * 2.0 - 1.0
@@ -133,7 +133,7 @@ def _render_chunk(labels: np.ndarray, size: int, rng: np.random.Generator) -> np
     pixel = np.float32(2.0 / size)
 
     def column(low, high):
-        return rng.uniform(low, high, size=(count, 1, 1)).astype(np.float32)
+        return generator.uniform(low, high, size=(count, 1, 1)).astype(np.float32)
 
     # Patient habitus: width, depth (AP) and a small roll on the table.
     half_width = column(0.80, 0.92)
@@ -154,38 +154,38 @@ def _render_chunk(labels: np.ndarray, size: int, rng: np.random.Generator) -> np
 
     hu = np.full((count, size, size), AIR_HU, dtype=np.float32)
     outline = _coverage(body.x, body.y, 0.0, 0.0, half_width, half_depth, 0.0, pixel)
-    hu = _blend(hu, outline, rng.normal(-100.0, 10.0, size=(count, 1, 1)))  # subcutaneous fat
+    hu = _blend(hu, outline, generator.normal(-100.0, 10.0, size=(count, 1, 1)))  # subcutaneous fat
     fat_fraction = column(0.86, 0.93)
     muscle = _coverage(
         body.x, body.y, 0.0, 0.0, half_width * fat_fraction, half_depth * fat_fraction, 0.0, pixel
     )
-    hu = _blend(hu, muscle, rng.normal(30.0, 5.0, size=(count, 1, 1)))
+    hu = _blend(hu, muscle, generator.normal(30.0, 5.0, size=(count, 1, 1)))
 
-    liver = _paint(_LIVER, 1.0, body, hu, rng)
-    _paint(_SPLEEN, 1.0, body, hu, rng)
-    lungs = np.maximum(_paint(_LUNG, -1.0, body, hu, rng), _paint(_LUNG, 1.0, body, hu, rng))
+    liver = _paint(_LIVER, 1.0, body, hu, generator)
+    _paint(_SPLEEN, 1.0, body, hu, generator)
+    lungs = np.maximum(_paint(_LUNG, -1.0, body, hu, generator), _paint(_LUNG, 1.0, body, hu, generator))
     for organ, side in ((_KIDNEY, -1.0), (_KIDNEY, 1.0)):
-        _paint(organ, side, body, hu, rng)
+        _paint(organ, side, body, hu, generator)
     for organ in (_AORTA, _VERTEBRA_CORTEX, _VERTEBRA_MARROW, _SPINAL_CANAL, _SPINOUS_PROCESS):
-        _paint(organ, 1.0, body, hu, rng)
+        _paint(organ, 1.0, body, hu, generator)
 
     # Parenchymal texture: lung is far more heterogeneous (vessels, airways) than solid
     # organs; the texture is correlated over about a pixel at 64x64, like a soft kernel.
-    texture = smooth_noise(hu.shape, max(0.6, size / 64.0), rng)
+    texture = smooth_noise(hu.shape, max(0.6, size / 64.0), generator)
     hu = hu + texture * outline * (10.0 + 30.0 * lungs)
 
     # The liver is the lesion's host organ; where the lung base covers it there is no
     # liver, so only uncovered liver may host a lesion.
     site = (liver > 0.99) & (lungs < 0.01)
-    centers = sample_lesion_centers(site, site_margin_pixels(size), rng)
-    radii = lesion_radii(size, count, rng)
-    hu = draw_lesions(hu, labels, centers, radii, rng)
+    centers = sample_lesion_centers(site, site_margin_pixels(size), generator)
+    radii = lesion_radii(size, count, generator)
+    hu = draw_lesions(hu, labels, centers, radii, generator)
 
     window_center, window_width = SOFT_TISSUE_WINDOW
     unit = hounsfield_to_unit(hu, window_center, window_width)
     # Quantum noise differs by scanner dose and patient size; mildly correlated like CT.
     noise_std = column(0.008, 0.03)
-    unit = unit + noise_std * smooth_noise(hu.shape, 0.5, rng)
+    unit = unit + noise_std * smooth_noise(hu.shape, 0.5, generator)
     return np.clip(unit, 0.0, 1.0)
 
 
@@ -206,7 +206,7 @@ class _Body:
     pixel: np.float32
 
 
-def _paint(organ: _Organ, side: float, body: _Body, hu: np.ndarray, rng) -> np.ndarray:
+def _paint(organ: _Organ, side: float, body: _Body, hu: np.ndarray, generator) -> np.ndarray:
     """Samples one organ per patient, draws it into ``hu`` in place, returns its coverage.
 
     Only the bounding box of the organ over the chunk is evaluated: most organs cover a
@@ -215,14 +215,14 @@ def _paint(organ: _Organ, side: float, body: _Body, hu: np.ndarray, rng) -> np.n
     count = hu.shape[0]
 
     def jitter(spread):
-        return rng.uniform(-spread, spread, size=(count, 1, 1)).astype(np.float32)
+        return generator.uniform(-spread, spread, size=(count, 1, 1)).astype(np.float32)
 
     cx = (side * organ.center[0] + jitter(organ.center_jitter)) * body.half_width
     cy = (organ.center[1] + jitter(organ.center_jitter)) * body.half_depth
     ax = organ.axes[0] * (1.0 + jitter(organ.axes_jitter)) * body.half_width
     ay = organ.axes[1] * (1.0 + jitter(organ.axes_jitter)) * body.half_depth
     angle = side * organ.angle + jitter(organ.angle_jitter)
-    value = rng.normal(organ.hu[0], organ.hu[1], size=(count, 1, 1)).astype(np.float32)
+    value = generator.normal(organ.hu[0], organ.hu[1], size=(count, 1, 1)).astype(np.float32)
 
     rows, cols = _bounding_box(body, cx, cy, np.maximum(ax, ay), hu.shape[-1])
     coverage = np.zeros_like(hu)

@@ -59,26 +59,26 @@ class ScannerProfile:
 
 
 def sample_scanner_profiles(
-    num_clients: int, rng: np.random.Generator
+    num_clients: int, generator: np.random.Generator
 ) -> tuple[ScannerProfile, ...]:
     """Draws an independent scanner profile for each of ``num_clients`` hospitals.
 
     Args:
       num_clients: number of hospitals, >= 1.
-      rng: host-side generator.
+      generator: host-side generator.
 
     Returns:
       One ``ScannerProfile`` per hospital, parameters uniform in ``GAIN_RANGE``,
       ``OFFSET_RANGE``, ``BLUR_SIGMA_RANGE`` and ``NOISE_STD_RANGE``.
     """
     num_clients = check_int("num_clients", num_clients, minimum=1)
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     draws = np.stack(
         [
-            rng.uniform(*GAIN_RANGE, size=num_clients),
-            rng.uniform(*OFFSET_RANGE, size=num_clients),
-            rng.uniform(*BLUR_SIGMA_RANGE, size=num_clients),
-            rng.uniform(*NOISE_STD_RANGE, size=num_clients),
+            generator.uniform(*GAIN_RANGE, size=num_clients),
+            generator.uniform(*OFFSET_RANGE, size=num_clients),
+            generator.uniform(*BLUR_SIGMA_RANGE, size=num_clients),
+            generator.uniform(*NOISE_STD_RANGE, size=num_clients),
         ],
         axis=1,
     )
@@ -89,14 +89,14 @@ def sample_scanner_profiles(
 
 
 def apply_scanner_profile(
-    images: np.ndarray, profile: ScannerProfile, rng: np.random.Generator
+    images: np.ndarray, profile: ScannerProfile, generator: np.random.Generator
 ) -> np.ndarray:
     """Images of one site as its scanner would show them.
 
     Args:
       images: ``[N, H, W, 1]`` float in ``[0, 1]``.
       profile: the site's scanner.
-      rng: host-side generator for the added noise.
+      generator: host-side generator for the added noise.
 
     Returns:
       A new float32 ``[N, H, W, 1]`` array clipped to ``[0, 1]``.
@@ -111,7 +111,7 @@ def apply_scanner_profile(
         )
     shifted = np.float32(profile.gain) * shifted + np.float32(profile.offset)
     if profile.noise_std > 0:
-        shifted = shifted + np.float32(profile.noise_std) * rng.standard_normal(
+        shifted = shifted + np.float32(profile.noise_std) * generator.standard_normal(
             shifted.shape, dtype=np.float32
         )
     return np.clip(shifted, 0.0, 1.0).astype(np.float32, copy=False)
@@ -121,7 +121,7 @@ def apply_site_shift(
     cohort: ImageCohort,
     partition: Sequence[np.ndarray],
     profiles: Sequence[ScannerProfile],
-    rng: np.random.Generator,
+    generator: np.random.Generator,
 ) -> ImageCohort:
     """The cohort with each client's records passed through that client's scanner.
 
@@ -131,7 +131,7 @@ def apply_site_shift(
       cohort: the cohort as acquired on a common scanner.
       partition: record indices of each client.
       profiles: one scanner profile per client.
-      rng: host-side generator for the scanners' noise.
+      generator: host-side generator for the scanners' noise.
 
     Returns:
       A new cohort (labels and class names unchanged) named ``"<name>/site_shifted"``.
@@ -143,10 +143,10 @@ def apply_site_shift(
         raise ValueError(
             f"profiles must have one entry per client ({len(partition)}), got {len(profiles)}"
         )
-    rng = check_generator("rng", rng)
+    generator = check_generator("generator", generator)
     images = cohort.images.copy()
     for indices, profile in zip(partition, profiles):
-        images[indices] = apply_scanner_profile(cohort.images[indices], profile, rng)
+        images[indices] = apply_scanner_profile(cohort.images[indices], profile, generator)
     return ImageCohort(
         images=images,
         labels=cohort.labels,

@@ -26,7 +26,8 @@ class CohortSource:
         ``CT_small.dcm`` with synthetic lesions), ``"dicom_folder"`` or ``"medmnist_npz"``
         (files the user already has; nothing is downloaded).
       num_records: records to generate; for files, ``None`` keeps all, a number keeps
-        the first ``num_records``.
+        a random subset of ``num_records`` (drawn from the data stream, in file order;
+        the first N of a class-sorted DICOM folder would drop whole classes).
       image_size: side of the square images.
       num_classes: classes to generate (generated kinds only; files carry their labels).
       path: the folder or ``.npz`` file for the file kinds.
@@ -59,16 +60,16 @@ class CohortSource:
                 raise ValueError(f"data.cohort.num_records must be None or an integer >= 2, got {self.num_records!r}")
 
 
-def load_cohort(source: CohortSource, rng: np.random.Generator) -> ImageCohort:
+def load_cohort(source: CohortSource, generator: np.random.Generator) -> ImageCohort:
     """Generates or loads the cohort described by ``source``."""
     if source.kind == "phantom":
-        return make_phantom_cohort(source.num_records, source.image_size, rng, num_classes=source.num_classes)
+        return make_phantom_cohort(source.num_records, source.image_size, generator, num_classes=source.num_classes)
     if source.kind == "ct_slice":
-        return make_ct_slice_cohort(source.num_records, source.image_size, rng, num_classes=source.num_classes)
+        return make_ct_slice_cohort(source.num_records, source.image_size, generator, num_classes=source.num_classes)
     if source.kind == "dicom_folder":
         cohort = load_dicom_folder(source.path, source.image_size)
     else:
         cohort = load_medmnist_npz(source.path, split="train", image_size=source.image_size)
     if source.num_records is not None and source.num_records < cohort.num_records:
-        cohort = cohort.subset(np.arange(source.num_records))
+        cohort = cohort.subset(np.sort(generator.choice(cohort.num_records, source.num_records, replace=False)))
     return cohort

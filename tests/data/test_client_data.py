@@ -16,7 +16,7 @@ PARTITION = [np.arange(0, 7), np.arange(7, 20), np.arange(20, 45), np.arange(45,
 
 
 def _build(**kwargs):
-    args = dict(local_steps=1, sampling="full", rng=np.random.default_rng(0))
+    args = dict(local_steps=1, sampling="full", generator=np.random.default_rng(0))
     args.update(kwargs)
     return build_round_data(IMAGES, LABELS, PARTITION, **args)
 
@@ -168,9 +168,9 @@ def test_same_rng_same_round_different_rng_different_round(sampling):
         kwargs.update(local_steps=3, batch_size=4)
     if sampling == "poisson":
         kwargs.update(local_steps=3, sampling_rate=0.5)
-    first = _host(_build(rng=np.random.default_rng(9), **kwargs))
-    second = _host(_build(rng=np.random.default_rng(9), **kwargs))
-    other = _host(_build(rng=np.random.default_rng(10), **kwargs))
+    first = _host(_build(generator=np.random.default_rng(9), **kwargs))
+    second = _host(_build(generator=np.random.default_rng(9), **kwargs))
+    other = _host(_build(generator=np.random.default_rng(10), **kwargs))
     for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(second)):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(first.record_ids, other.record_ids)
@@ -191,8 +191,8 @@ def test_invalid_arguments_name_the_field(kwargs, field):
 
 
 def test_invalid_partition_and_labels():
-    def build(labels=LABELS, partition=PARTITION, rng=np.random.default_rng(0)):
-        return build_round_data(IMAGES, labels, partition, local_steps=1, sampling="full", rng=rng)
+    def build(labels=LABELS, partition=PARTITION, generator=np.random.default_rng(0)):
+        return build_round_data(IMAGES, labels, partition, local_steps=1, sampling="full", generator=generator)
 
     with pytest.raises(ValueError, match=r"partition\[1\]"):
         build(partition=[np.arange(3), np.array([5, 60])])  # 60 is out of range
@@ -200,8 +200,8 @@ def test_invalid_partition_and_labels():
         build(partition=[np.array([1, 1])])
     with pytest.raises(ValueError, match="labels"):
         build(labels=LABELS[:-1])
-    with pytest.raises(TypeError, match="rng"):
-        build(rng=42)
+    with pytest.raises(TypeError, match="generator"):
+        build(generator=42)
 
 
 def test_poisson_capacity_bounds_the_draw_and_larger_draws_grow_it():

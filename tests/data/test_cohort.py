@@ -9,9 +9,9 @@ from fedpriv.data import ImageCohort, split_train_test
 
 
 def _cohort(num_records=20, num_classes=2, **overrides):
-    rng = np.random.default_rng(0)
+    generator = np.random.default_rng(0)
     fields = dict(
-        images=rng.random((num_records, 8, 8, 1), dtype=np.float32),
+        images=generator.random((num_records, 8, 8, 1), dtype=np.float32),
         labels=(np.arange(num_records) % num_classes).astype(np.int32),
         class_names=tuple(f"c{k}" for k in range(num_classes)),
         name="toy",

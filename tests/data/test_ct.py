@@ -69,7 +69,7 @@ def test_ct_cohort_lesions_are_learnable():
     ],
 )
 def test_ct_cohort_invalid_arguments(kwargs, field):
-    args = dict(num_records=4, image_size=32, rng=np.random.default_rng(0))
+    args = dict(num_records=4, image_size=32, generator=np.random.default_rng(0))
     args.update(kwargs)
     with pytest.raises(ValueError, match=field):
         make_ct_slice_cohort(**args)

@@ -46,8 +46,8 @@ def test_downscaling_is_anti_aliased():
 
 
 def test_upscaling_preserves_range_and_mean():
-    rng = np.random.default_rng(0)
-    image = rng.random((28, 28), dtype=np.float32)
+    generator = np.random.default_rng(0)
+    image = generator.random((28, 28), dtype=np.float32)
     out = resize_image(image, 56)
     assert out.shape == (56, 56)
     assert 0.0 <= out.min() and out.max() <= 1.0

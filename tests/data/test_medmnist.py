@@ -9,12 +9,12 @@ from fedpriv.data import load_medmnist_npz
 
 
 def _arrays(rgb=False, label_shape="column", n=(12, 4, 6), size=28, seed=0):
-    rng = np.random.default_rng(seed)
+    generator = np.random.default_rng(seed)
     arrays = {}
     for split, count in zip(("train", "val", "test"), n):
         shape = (count, size, size, 3) if rgb else (count, size, size)
-        arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
-        labels = rng.integers(0, 3, size=count)
+        arrays[f"{split}_images"] = generator.integers(0, 256, size=shape, dtype=np.uint8)
+        labels = generator.integers(0, 3, size=count)
         arrays[f"{split}_labels"] = labels[:, None] if label_shape == "column" else labels
     # Make class 4 exist only in test, so class count must come from every split.
     arrays["test_labels"][0] = 4

@@ -33,12 +33,12 @@ def _mean_label_entropy(parts, labels):
     return float(np.mean(entropies))
 
 
-def _all_schemes(rng):
+def _all_schemes(generator):
     return {
-        "iid": partition_iid(600, 8, rng),
-        "dirichlet": partition_dirichlet(LABELS, 8, 0.3, rng),
-        "quantity_skew": partition_quantity_skew(600, 8, 0.3, rng),
-        "by_site": partition_by_site(LABELS, 8, 0.3, rng),
+        "iid": partition_iid(600, 8, generator),
+        "dirichlet": partition_dirichlet(LABELS, 8, 0.3, generator),
+        "quantity_skew": partition_quantity_skew(600, 8, 0.3, generator),
+        "by_site": partition_by_site(LABELS, 8, 0.3, generator),
     }
 
 
@@ -63,10 +63,10 @@ def test_iid_sizes_differ_by_at_most_one():
 
 @pytest.mark.parametrize("partitioner", [partition_dirichlet, partition_by_site])
 def test_small_alpha_skews_labels_more_than_large_alpha(partitioner):
-    rng = np.random.default_rng(2)
+    generator = np.random.default_rng(2)
 
     def entropy(alpha):
-        draws = [partitioner(LABELS, 6, alpha, rng) for _ in range(5)]
+        draws = [partitioner(LABELS, 6, alpha, generator) for _ in range(5)]
         return np.mean([_mean_label_entropy(parts, LABELS) for parts in draws])
 
     skewed, mild = entropy(0.1), entropy(100.0)
@@ -76,10 +76,10 @@ def test_small_alpha_skews_labels_more_than_large_alpha(partitioner):
 
 
 def test_quantity_skew_sizes_follow_alpha():
-    rng = np.random.default_rng(3)
+    generator = np.random.default_rng(3)
 
     def spread(alpha):
-        draws = [partition_quantity_skew(600, 10, alpha, rng) for _ in range(5)]
+        draws = [partition_quantity_skew(600, 10, alpha, generator) for _ in range(5)]
         sizes = [np.array([p.size for p in parts]) for parts in draws]
         return np.mean([s.std() / s.mean() for s in sizes])
 

@@ -95,12 +95,12 @@ def test_lesion_classes_shift_intensity_as_described(phantoms32):
     ],
 )
 def test_invalid_arguments_name_the_field(kwargs, field):
-    args = dict(num_records=4, image_size=32, rng=np.random.default_rng(0))
+    args = dict(num_records=4, image_size=32, generator=np.random.default_rng(0))
     args.update(kwargs)
     with pytest.raises(ValueError, match=field):
         make_phantom_cohort(**args)
 
 
 def test_rng_must_be_a_generator():
-    with pytest.raises(TypeError, match="rng"):
+    with pytest.raises(TypeError, match="generator"):
         make_phantom_cohort(4, 32, 0)

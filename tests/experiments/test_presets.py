@@ -1,0 +1,217 @@
+"""Every option of every config group composes, and runs a tiny smoke config end to end.
+
+Options are discovered from the ``conf/`` folders, so a new YAML file is covered without
+touching this file. One smoke run per option (not the cross product): the option is put
+into the smoke config, everything else stays at the smoke defaults (MLP, FedSGD, no
+defense, Inverting Gradients with iDLG labels, impl=auto). Identical configs share one run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from experiments.build import build_scenario
+from fedpriv.data import CohortSource, load_cohort
+from fedpriv.keys import numpy_generator, run_keys
+
+from .conftest import (CONF, DICOM_CLASSES, DICOM_COPIES, NPZ_TRAIN_RECORDS, SMOKE, compose_config, compose_smoke,
+                       group_options, groups, run_smoke)
+
+EXPECTED_GROUPS = ["algorithm", "attack", "data", "defense", "experiment", "impl", "model", "privacy"]
+RUN_GROUPS = [group for group in EXPECTED_GROUPS if group != "experiment"]  # presets of sweeps: compose only
+
+#: What a preset needs on top of the smoke config to be tiny (or valid) — never to pass.
+PRESET_CHANGES = {
+    ("model", "convnet"): {"model.width": "2"},
+    ("model", "resnet"): {"++model.stage_widths": "[2]"},
+    # iDLG is exact only for one step of batch 1; FedAvg batches need the labels as side knowledge.
+    ("algorithm", "fedavg"): {"algorithm.local_steps": "2", "algorithm.batch_size": "2",
+                              "attack.config.label_strategy": "known"},
+}
+
+
+def config_defaults() -> dict[str, str | None]:
+    """The option config.yaml picks in each group."""
+    chosen = {}
+    for entry in OmegaConf.load(CONF / "config.yaml").defaults:
+        if isinstance(entry, str):
+            continue  # _self_
+        ((group, option),) = entry.items()
+        chosen[group] = option
+    return chosen
+
+
+def preset_changes(group: str, option: str, data_paths: dict) -> dict[str, str]:
+    """The smoke changes that select ``group=option`` (none for the smoke default itself)."""
+    smoke_default = SMOKE.get(group, config_defaults().get(group))
+    changes = {} if option == smoke_default else {group: option}
+    if group == "data":
+        changes.update(data_paths.get(option, {}))
+    changes.update(PRESET_CHANGES.get((group, option), {}))
+    return changes
+
+
+ALL_OPTIONS = [(group, option) for group in EXPECTED_GROUPS for option in group_options(group)]
+RUN_OPTIONS = [(group, option) for group, option in ALL_OPTIONS if group in RUN_GROUPS]
+
+
+def test_the_groups_and_options_are_discovered():
+    assert groups() == EXPECTED_GROUPS
+    assert group_options("data") == ["ct_phantom", "ct_slice", "dicom_folder", "medmnist_npz"]
+    assert group_options("model") == ["convnet", "lenet", "mlp", "resnet"]
+    assert {"fedsgd", "fedavg"} <= set(group_options("algorithm"))
+    assert {"none", "dp_sgd"} <= set(group_options("defense"))
+    assert {"inverting_gradients", "none"} <= set(group_options("attack"))
+    assert {"auto", "vmap", "loop"} <= set(group_options("impl"))
+    assert "epsilon_sweep" in group_options("experiment")
+    defaults = config_defaults()
+    assert set(RUN_GROUPS) <= set(defaults)
+    for group in RUN_GROUPS:
+        assert defaults[group] in group_options(group), f"config.yaml picks {group}={defaults[group]}, no such file"
+
+
+@pytest.mark.parametrize(("group", "option"), ALL_OPTIONS, ids=[f"{g}={o}" for g, o in ALL_OPTIONS])
+def test_every_option_composes(group, option, data_paths):
+    cfg = compose_config([f"{group}={option}", *(f"{k}={v}" for k, v in data_paths.get(option, {}).items()
+                                                if group == "data")], hydra_node=True)
+    if group == "experiment":
+        assert cfg.hydra.sweeper.params, f"experiment/{option}.yaml defines no sweep"
+    elif group == "data":
+        assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz")
+    elif group == "model":
+        assert cfg.model.name == option
+    elif group == "algorithm":
+        assert cfg.algorithm.algorithm == option
+    elif group == "defense":
+        assert cfg.defense.name == option
+    # Every value interpolates (impl knobs feed the algorithm, for one).
+    for key in cfg:
+        if key != "hydra":  # hydra.job.num & co. are only set at run time
+            OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+
+
+@pytest.mark.parametrize(("group", "option"), RUN_OPTIONS, ids=[f"{g}={o}" for g, o in RUN_OPTIONS])
+def test_every_preset_runs_a_smoke_config(group, option, data_paths):
+    changes = preset_changes(group, option, data_paths)
+    cfg = compose_smoke(changes)
+    result = run_smoke(changes)
+    metrics = result.metrics
+
+    # Utility and the data actually used.
+    assert 0.0 <= metrics["utility.test_accuracy"] <= 1.0
+    # Generated cohorts have num_records=32; files keep at most 32 of what they hold.
+    expected_records = {"dicom_folder": len(DICOM_CLASSES) * DICOM_COPIES,
+                        "medmnist_npz": min(32, NPZ_TRAIN_RECORDS)}.get(cfg.data.cohort.kind, 32)
+    assert metrics["data.num_train_records"] + metrics["data.num_test_records"] == expected_records
+    assert metrics["data.smallest_hospital"] >= cfg.data.partition.min_records
+    assert metrics["model.num_params"] > 0
+    assert metrics["train.seconds"] > 0
+
+    # Privacy: calibrated DP-SGD meets its budget; no defense is no guarantee.
+    if cfg.defense.name == "dp_sgd":
+        target = float(cfg.privacy.target_epsilon)
+        assert metrics["privacy.unit"] == "example"
+        assert 0.9 * target <= metrics["privacy.epsilon_rdp"] <= target + 1e-6
+        assert metrics["privacy.noise_multiplier"] > 0
+        assert metrics["privacy.steps"] == cfg.algorithm.rounds * cfg.algorithm.local_steps
+    else:
+        assert metrics["privacy.unit"] == "none" and metrics["privacy.epsilon"] == math.inf
+
+    # The attack ran iff one is configured, and scored real pairs.
+    if cfg.attack.config is None:
+        assert not [key for key in metrics if key.startswith("attack.")]
+        assert result.truth is None and result.reconstructed is None
+    else:
+        assert metrics["attack.round"] == cfg.algorithm.rounds - 1
+        if cfg.defense.name == "none":
+            assert metrics["attack.records_scored"] >= 1
+            assert math.isfinite(metrics["attack.psnr_db"]) and 0 < metrics["attack.psnr_db"] < 100
+            if cfg.algorithm.local_steps * cfg.algorithm.batch_size == 1:
+                # One record per victim: iDLG reads its label exactly, and the pairing is trivial.
+                assert metrics["attack.label_accuracy"] == 1.0
+                assert metrics["attack.records_scored"] == min(cfg.attack.num_victims, 2)
+            else:
+                assert 0.0 <= metrics["attack.label_accuracy"] <= 1.0
+            assert result.truth.shape == result.reconstructed.shape
+            assert result.truth.shape[-3:] == (16, 16, 1)
+
+    if group == "model":
+        assert cfg.model.name == option
+        assert metrics["model.num_params"] == _expected_num_params(cfg, num_classes=4)
+    if group == "algorithm" and option == "fedavg":
+        assert result.truth.shape[1] == 2 * 2  # two local steps of batch two, all matched
+    if group == "impl":
+        # impl knobs change speed, never results (DESIGN §5).
+        baseline = run_smoke({})
+        assert metrics["utility.test_accuracy"] == baseline.metrics["utility.test_accuracy"]
+        np.testing.assert_allclose(metrics["attack.psnr_db"], baseline.metrics["attack.psnr_db"], rtol=1e-4)
+        np.testing.assert_allclose(result.reconstructed, baseline.reconstructed, atol=1e-4)
+
+
+def _expected_num_params(cfg, num_classes: int) -> int:
+    import jax
+    import jax.numpy as jnp
+    from hydra.utils import instantiate
+
+    model = instantiate(cfg.model, _convert_="all")(input_shape=(16, 16, 1), num_classes=num_classes)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+def test_mlp_smoke_has_the_hand_counted_parameters():
+    # 16*16 inputs -> 256 hidden -> 4 classes, with biases.
+    assert run_smoke({}).metrics["model.num_params"] == 16 * 16 * 256 + 256 + 256 * 4 + 4
+
+
+@pytest.mark.parametrize("option", [o for o in group_options("experiment")])
+def test_experiment_presets_define_sweeps_that_build(option):
+    from experiments.figures import RECIPES
+
+    cfg = compose_config([f"experiment={option}"], hydra_node=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert option in RECIPES, f"experiment/{option}.yaml has no plot recipe in experiments/figures.py"
+    points = [[]]
+    for key, values in params.items():
+        values = [value.strip() for value in str(values).split(",")]
+        assert len(values) >= 2, f"{key} sweeps a single value"
+        if key in groups():
+            assert set(values) <= set(group_options(key)), f"{key}: {values} names a missing preset"
+        else:
+            assert OmegaConf.select(cfg, key) is not None, f"the sweep sets {key}, which config.yaml lacks"
+        points = [point + [f"{key}={value}"] for point in points for value in values]
+    # Every point of the sweep builds (validation only, no compute).
+    for point in points:
+        build_scenario(compose_config(smoke_overrides_for(point)))
+    assert len(points) == int(np.prod([len(str(v).split(",")) for v in params.values()]))
+
+
+def smoke_overrides_for(point: list[str]) -> list[str]:
+    from .conftest import smoke_overrides
+
+    return smoke_overrides(dict(item.split("=", 1) for item in point))
+
+
+def test_epsilon_sweep_preset_sweeps_defense_and_epsilon():
+    cfg = compose_config(["experiment=epsilon_sweep"], hydra_node=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert set(params) == {"defense", "privacy.target_epsilon"}
+    assert str(params["defense"]).split(",") == ["none", "dp_sgd"]
+    assert [float(value) for value in str(params["privacy.target_epsilon"]).split(",")] == [1.0, 3.0, 8.0]
+    # The preset only adds a sweep: the single-run config is the default one.
+    plain = compose_config([])
+    assert OmegaConf.to_container(compose_config(["experiment=epsilon_sweep"])) == OmegaConf.to_container(plain)
+
+
+def test_a_file_cohort_subset_keeps_every_class(dicom_folder):
+    # The DICOM folder is sorted by class: num_records must draw records, not take the first class.
+    source = CohortSource(kind="dicom_folder", path=str(dicom_folder), num_records=DICOM_COPIES, image_size=16)
+    cohort = load_cohort(source, numpy_generator(run_keys(0).data))
+    assert cohort.num_records == DICOM_COPIES
+    assert cohort.class_names == DICOM_CLASSES
+    assert set(cohort.labels.tolist()) == {0, 1}
+    again = load_cohort(source, numpy_generator(run_keys(0).data))
+    np.testing.assert_array_equal(again.images, cohort.images)
