@@ -97,6 +97,8 @@ class ProtocolMetadata:
       local_steps: number of local optimisation steps per round.
       batch_size: examples per local step (capacity, including padding).
       learning_rate: local learning rate.
+      local_optimizer: ``"sgd"`` or ``"adam"``.
+      local_momentum: SGD momentum or ``None``.
       input_shape: shape of one example.
       num_classes: number of classes.
       client_ids: which clients' updates the observation holds (empty if aggregated).
@@ -109,6 +111,8 @@ class ProtocolMetadata:
     input_shape: tuple[int, ...]
     num_classes: int
     client_ids: tuple[int, ...]
+    local_optimizer: str = "sgd"
+    local_momentum: float | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

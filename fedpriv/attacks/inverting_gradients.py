@@ -118,7 +118,8 @@ def _learning_rate_schedule(config: InvertingGradientsConfig):
 
 def _make_objective(model: Model, observation: Observation, config: InvertingGradientsConfig):
     metadata = observation.metadata
-    simulate = make_client_update(model, LocalTrainingConfig(learning_rate=metadata.learning_rate))
+    simulate = make_client_update(model, LocalTrainingConfig(
+        learning_rate=metadata.learning_rate, optimizer=metadata.local_optimizer, momentum=metadata.local_momentum))
     mask = jnp.ones((metadata.local_steps, metadata.batch_size), jnp.float32)
     distance = cosine_distance if config.distance == "cosine" else squared_distance
 

@@ -17,6 +17,7 @@ import optax
 from fedpriv.typing import Batch, Model, Params
 
 LOCAL_STEP_LOOPS = ("unroll", "scan")
+LOCAL_OPTIMIZERS = ("sgd", "adam")
 
 # client_update(params, examples {"x": [S, B, ...], "y": [S, B]}, example_mask [S, B], key)
 #   -> (update = local_params - params, aux dict of scalars)
@@ -28,9 +29,11 @@ class LocalTrainingConfig:
     """What each client does in a round (public protocol facts).
 
     Attributes:
-      learning_rate: local SGD learning rate. FedSGD uses 1.0 and one step, so the
+      learning_rate: local learning rate. FedSGD uses SGD with 1.0 and one step, so the
         update is exactly minus the batch gradient.
-      momentum: local SGD momentum; ``None`` is plain SGD.
+      momentum: local SGD momentum; ``None`` is plain SGD (ignored by Adam).
+      optimizer: ``"sgd"`` or ``"adam"`` (fresh state every round, as in FedAvg with a
+        local adaptive optimizer).
       step_loop: how local steps are compiled: ``"unroll"`` (a Python loop traced into
         one program; fastest for convolutions on XLA's CPU backend, DESIGN §5) or
         ``"scan"`` (``lax.scan``; smaller programs, better for many steps or GPUs).
@@ -38,6 +41,7 @@ class LocalTrainingConfig:
 
     learning_rate: float
     momentum: float | None = None
+    optimizer: str = "sgd"
     step_loop: str = "unroll"
 
     def __post_init__(self):
@@ -45,6 +49,8 @@ class LocalTrainingConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1) or None, got {self.momentum!r}")
+        if self.optimizer not in LOCAL_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {LOCAL_OPTIMIZERS}, got {self.optimizer!r}")
         if self.step_loop not in LOCAL_STEP_LOOPS:
             raise ValueError(f"step_loop must be one of {LOCAL_STEP_LOOPS}, got {self.step_loop!r}")
 
@@ -74,7 +80,10 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
     Returns:
       ``client_update(params, examples, example_mask, key) -> (update, aux)``.
     """
-    optimizer = optax.sgd(config.learning_rate, momentum=config.momentum)
+    if config.optimizer == "adam":
+        optimizer = optax.adam(config.learning_rate)
+    else:
+        optimizer = optax.sgd(config.learning_rate, momentum=config.momentum)
 
     if dp_plan is None:
         def step_gradient(params, batch, mask, noise_state):

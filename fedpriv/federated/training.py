@@ -64,9 +64,11 @@ class FederatedConfig:
             raise ValueError(f"local_steps must be an integer >= 1, got {self.local_steps!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
             raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if self.algorithm == "fedsgd" and (self.local_steps != 1 or self.local.learning_rate != 1.0):
-            raise ValueError("algorithm 'fedsgd' sends one gradient: local_steps must be 1 and "
-                             f"local.learning_rate 1.0, got {self.local_steps} and {self.local.learning_rate}")
+        if self.algorithm == "fedsgd" and (self.local_steps != 1 or self.local.learning_rate != 1.0
+                                           or self.local.optimizer != "sgd" or self.local.momentum):
+            raise ValueError("algorithm 'fedsgd' sends one gradient: local_steps must be 1 and local SGD "
+                             f"with learning_rate 1.0 and no momentum, got local_steps={self.local_steps}, "
+                             f"local={self.local}")
         if self.server_optimizer not in SERVER_OPTIMIZERS:
             raise ValueError(f"server_optimizer must be one of {SERVER_OPTIMIZERS}, got {self.server_optimizer!r}")
         if not self.server_learning_rate > 0:
@@ -81,7 +83,8 @@ class FederatedConfig:
         return ProtocolMetadata(algorithm=self.algorithm, local_steps=self.local_steps,
                                 batch_size=self.batch_size, learning_rate=self.local.learning_rate,
                                 input_shape=model.input_shape, num_classes=model.num_classes,
-                                client_ids=client_ids)
+                                client_ids=client_ids, local_optimizer=self.local.optimizer,
+                                local_momentum=self.local.momentum)
 
 
 def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int | None) -> np.ndarray:
