@@ -29,6 +29,11 @@ def _number(text: str) -> float:
         return math.nan
 
 
+def _finite_mean(values) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
 def epsilon_sweep(rows: list[dict], output: Path) -> None:
     """Attack PSNR and test accuracy against the accountant's epsilon; no-defense as a line."""
     figure, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -36,21 +41,26 @@ def epsilon_sweep(rows: list[dict], output: Path) -> None:
     baseline = defaultdict(list)
     for row in rows:
         if row.get("config.defense.name") == "dp_sgd":
-            by_epsilon[_number(row["privacy.epsilon_pld"])].append(row)
+            by_epsilon[_number(row.get("privacy.epsilon_pld"))].append(row)
         else:
             baseline["psnr"].append(_number(row.get("attack.psnr_db")))
             baseline["accuracy"].append(_number(row.get("utility.test_accuracy")))
-    epsilons = sorted(by_epsilon)
+    # Non-finite values (no record to score, no epsilon) are left out: they cannot be drawn,
+    # and one of them would make matplotlib's log axis raise.
+    epsilons = sorted(e for e in by_epsilon if math.isfinite(e) and e > 0)
     for axis, key, label, base in ((left, "attack.psnr_db", "attack PSNR (dB)", "psnr"),
                                    (right, "utility.test_accuracy", "test accuracy", "accuracy")):
-        means = [sum(_number(r.get(key)) for r in by_epsilon[e]) / len(by_epsilon[e]) for e in epsilons]
-        axis.plot(epsilons, means, "o-", label="DP-SGD")
-        if baseline[base]:
-            axis.axhline(sum(baseline[base]) / len(baseline[base]), color="gray", ls="--", label="no defense")
-        axis.set_xscale("log")
+        means = [_finite_mean(_number(r.get(key)) for r in by_epsilon[e]) for e in epsilons]
+        points = [(e, m) for e, m in zip(epsilons, means) if math.isfinite(m)]
+        if points:
+            axis.plot(*zip(*points), "o-", label="DP-SGD")
+            axis.set_xscale("log")
+        if math.isfinite(_finite_mean(baseline[base])):
+            axis.axhline(_finite_mean(baseline[base]), color="gray", ls="--", label="no defense")
         axis.set_xlabel("epsilon (PLD, delta from config)")
         axis.set_ylabel(label)
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(output, dpi=150)
     plt.close(figure)

@@ -37,12 +37,20 @@ def git_sha() -> str:
         return "unknown"
 
 
+def _strict_json(value):
+    """Strict JSON has no Infinity/NaN: non-finite floats become "inf", "-inf", "nan"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Writes to a temporary file in the same folder, then renames: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    payload = {key: _strict_json(value) for key, value in payload.items()}
     with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=1, sort_keys=True, default=str)
+        json.dump(payload, stream, indent=1, sort_keys=True, default=str, allow_nan=False)
     os.replace(temporary, path)
 
 

@@ -81,7 +81,9 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
       ``client_update(params, examples, example_mask, key) -> (update, aux)``.
     """
     if config.optimizer == "adam":
-        optimizer = optax.adam(config.learning_rate)
+        # eps_root keeps d sqrt(v)/dv finite where a gradient coordinate is zero, so attacks
+        # can differentiate through local Adam steps (1e-16 is far below eps = 1e-8).
+        optimizer = optax.adam(config.learning_rate, eps_root=1e-16)
     else:
         optimizer = optax.sgd(config.learning_rate, momentum=config.momentum)
 

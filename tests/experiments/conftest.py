@@ -3,7 +3,8 @@
 Every run here is a smoke run: 32 records of 16x16, two hospitals, two rounds, three attack
 iterations, an MLP unless the test is about another model. Configs are composed in-process
 with ``hydra.compose`` and run through ``build_scenario`` + ``run_scenario``; only the CLI
-tests start ``experiments/run.py`` in a subprocess.
+tests start ``experiments/run.py`` in a subprocess, in a background thread that overlaps
+with the in-process tests (see ``CliRuns``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -79,11 +81,17 @@ def run_smoke(changes: dict[str, str] | None = None, *, fresh: bool = False):
     return _run_cached(overrides)
 
 
-def run_cli(*arguments: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python experiments/run.py ARGUMENTS`` from outside the repository (it must find conf/ itself)."""
+def cli_command(*arguments: str, cache_dir: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """``python experiments/run.py ARGUMENTS`` and its environment.
+
+    ``cache_dir``: a persistent JAX compilation cache shared by the CLI runs of a session
+    (compiled programs are reused; the numbers are the same).
+    """
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, str(RUN), *arguments], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO.parent, env=env)
+    if cache_dir is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return [sys.executable, str(RUN), *arguments], env
 
 
 def run_script(script: Path, *arguments: str) -> subprocess.CompletedProcess:
@@ -142,3 +150,86 @@ def no_compute(monkeypatch):
 
     monkeypatch.setattr(fedpriv.scenario, "train", refuse)
     monkeypatch.setattr(fedpriv.scenario, "invert_gradients", refuse)
+
+
+# -- the real CLI, run in the background -------------------------------------------------------
+
+CLI_TEST_FILE = "test_run_cli.py"
+SWEEP = ("defense=none,dp_sgd", "privacy.target_epsilon=1,3,8")
+CONVNET_CHANGES = {"model": "convnet", "model.width": "2"}
+FAILING_SWEEP = ("privacy.target_epsilon=-1,3",)  # job 0 fails validation, job 1 must still run
+
+
+class CliRuns:
+    """The session's runs of ``experiments/run.py``, one after another in a background thread.
+
+    They start when the first test of this folder starts (if CLI tests are selected), so
+    the subprocesses use the second core while the in-process tests use the first; a CLI
+    test waits only for the run it reads.
+    """
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.run_dir, self.sweep_dir, self.failing_sweep_dir = root / "run", root / "sweep", root / "failing_sweep"
+        self.convnet_dir = root / "convnet"
+        self.arguments = {
+            "run": (*smoke_overrides(), f"hydra.run.dir={self.run_dir}"),
+            "sweep": ("-m", *SWEEP, *smoke_overrides(), f"hydra.sweep.dir={self.sweep_dir}"),
+            "failing_sweep": ("-m", *FAILING_SWEEP, *smoke_overrides({"defense": "dp_sgd", "attack": "none"}),
+                              f"hydra.sweep.dir={self.failing_sweep_dir}"),
+            # The default model under attack, with impl=auto (host loops on CPU).
+            "convnet": (*smoke_overrides(CONVNET_CHANGES), f"hydra.run.dir={self.convnet_dir}"),
+        }
+        self._results: dict[str, object] = {}
+        self._done = {name: threading.Event() for name in self.arguments}
+        self._thread = threading.Thread(target=self._work, name="fedpriv-cli-runs", daemon=True)
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen | None = None
+        self._stopped = False
+
+    def start(self) -> CliRuns:
+        self._thread.start()
+        return self
+
+    def _work(self) -> None:
+        for name, arguments in self.arguments.items():
+            try:
+                # From outside the repository: run.py must find conf/ by itself.
+                command, env = cli_command(*arguments, cache_dir=self.root / "jax_cache")
+                with self._lock:
+                    if self._stopped:
+                        raise RuntimeError("the session ended before this run started")
+                    self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                     text=True, cwd=REPO.parent, env=env)
+                stdout, stderr = self._process.communicate(timeout=600)
+                self._results[name] = subprocess.CompletedProcess(command, self._process.returncode, stdout, stderr)
+            except Exception as error:  # noqa: BLE001 - handed to the test that reads it
+                self._results[name] = error
+            self._done[name].set()
+
+    def stop(self) -> None:
+        """Ends the run still going when the session ends early (-x, Ctrl-C)."""
+        with self._lock:
+            self._stopped = True
+            if self._process is not None and self._process.poll() is None:
+                self._process.kill()
+
+    def result(self, name: str) -> subprocess.CompletedProcess:
+        assert self._done[name].wait(timeout=900), f"the CLI run {name!r} did not finish"
+        result = self._results[name]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+@pytest.fixture(scope="session")
+def cli_runs(tmp_path_factory):
+    runs = CliRuns(tmp_path_factory.mktemp("cli")).start()
+    yield runs
+    runs.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _start_cli_runs_early(request):
+    if any(CLI_TEST_FILE in item.nodeid for item in request.session.items):
+        request.getfixturevalue("cli_runs")
