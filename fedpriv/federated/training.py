@@ -99,18 +99,24 @@ def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int | No
 
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
-    """Final params, the attacker's observations and the ground-truth data of those rounds."""
+    """Final params, the attacker's observations and the ground-truth data of those rounds.
+
+    ``rounds_run`` is below the configured rounds when ``stop_before_round`` ended the
+    run; ``stop_reason`` then says why (empty otherwise).
+    """
 
     params: Params
     observations: dict[int, Observation]
     observed_data: dict[int, ClientData]
     seconds_per_round: list[float]
+    rounds_run: int
+    stop_reason: str = ""
 
 
 def train(*, model: Model, config: FederatedConfig, params: Params,
           round_data: Callable[[int, np.ndarray], ClientData], sampling_key: jax.Array,
           clients_key: jax.Array, num_clients: int, observe_rounds: Collection[int] = (),
-          dp_plan=None) -> TrainingResult:
+          dp_plan=None, stop_before_round: Callable[[int], str] | None = None) -> TrainingResult:
     """Runs ``config.rounds`` rounds of federated training.
 
     Args:
@@ -124,6 +130,9 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
       num_clients: number of hospitals.
       observe_rounds: rounds (0-based) whose per-client updates the server records.
       dp_plan: optional DP-SGD plan run inside every client.
+      stop_before_round: optional ``stop_before_round(round_index) -> reason``; a
+        non-empty reason ends training before that round is run (e.g. a privacy ledger
+        whose budget the round would exceed).
 
     Returns:
       A ``TrainingResult``.
@@ -137,7 +146,13 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
                                 weighting=config.weighting)
     state = init_server_state(params, server_optimizer)
     observations, observed_data, seconds = {}, {}, []
+    stop_reason = ""
     for round_index in range(config.rounds):
+        if stop_before_round is not None:
+            stop_reason = stop_before_round(round_index)
+            if stop_reason:
+                logger.info("training stopped before round %d: %s", round_index, stop_reason)
+                break
         participating = sample_clients(jax.random.fold_in(sampling_key, round_index), num_clients,
                                        config.clients_per_round)
         client_data = round_data(round_index, participating)
@@ -156,4 +171,4 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
                 aggregated=False, round_index=round_index,
                 metadata=config.protocol(model, tuple(int(c) for c in present)))
             observed_data[round_index] = client_data
-    return TrainingResult(state.params, observations, observed_data, seconds)
+    return TrainingResult(state.params, observations, observed_data, seconds, len(seconds), stop_reason)

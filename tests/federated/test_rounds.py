@@ -140,3 +140,17 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="backend"):
         FederatedConfig(algorithm="fedavg", rounds=1, clients_per_round=None, local_steps=1,
                         batch_size=1, local=local, backend="threads")
+
+
+def test_training_stops_before_the_round_a_budget_refuses(tiny_conv_model):
+    from fedpriv.federated import train
+    data = random_client_data(np.random.default_rng(6), clients=2, steps=1, batch=2,
+                              input_shape=(8, 8, 1), num_classes=3)
+    config = FederatedConfig(algorithm="fedavg", rounds=5, clients_per_round=None, local_steps=1, batch_size=2,
+                             local=LocalTrainingConfig(learning_rate=0.1))
+    params = tiny_conv_model.init(jax.random.key(0), data.examples["x"][0, 0])
+    result = train(model=tiny_conv_model, config=config, params=params, round_data=lambda r, p: data,
+                   sampling_key=jax.random.key(1), clients_key=jax.random.key(2), num_clients=2,
+                   stop_before_round=lambda r: "budget exhausted" if r >= 3 else "")
+    assert result.rounds_run == 3 and len(result.seconds_per_round) == 3
+    assert result.stop_reason == "budget exhausted"
