@@ -26,7 +26,7 @@ References:
   Yeom, Giacomelli, Fredrikson, Jha. "Privacy Risk in Machine Learning: Analyzing the
   Connection to Overfitting", IEEE CSF 2018, arXiv:1709.01604.
   Carlini, Chien, Nasr, Song, Terzis, Tramèr. "Membership Inference Attacks From First
-  Principles", IEEE S&P 2022, arXiv:2112.03199.
+  Principles", IEEE S&P 2022, arXiv:2112.03570.
   Kairouz, Oh, Viswanath. "The Composition Theorem for Differential Privacy", ICML 2015,
   arXiv:1311.0776 (DP as a bound on hypothesis tests: TPR <= e^eps * FPR + delta).
 """
@@ -64,8 +64,8 @@ class LiraConfig:
       num_shadows: shadow models ``M``. Every record of the attacker's pool is IN exactly
         ``M // 2`` shadows (:func:`balanced_inclusion_masks`). Online LiRA needs ``M`` even
         (balanced IN/OUT) and ``>= 4``; offline LiRA needs ``M >= 3``, so every fitted
-        Gaussian sees at least 2 samples. Carlini et al. use 64-256 on CIFAR-10; 16-32
-        already separates memorised records on small models.
+        Gaussian sees at least 2 samples. Carlini et al. train 256 on CIFAR-10 (and show 64
+        suffice for most of the gain); 16 already separates memorised records of a small MLP.
       training: how every shadow is trained; it should imitate the target's training
         (same steps, optimizer, batching and DP plan), because LiRA compares the target
         with the shadows.
@@ -154,7 +154,7 @@ def loss_threshold_scores(model: Model, params: Params, x, y) -> np.ndarray:
       ``[N]`` float64 scores.
 
     References:
-      Yeom et al. 2018, arXiv:1709.01604 (Sec. 3.2, "Membership inference attack").
+      Yeom et al. 2018, arXiv:1709.01604 (their loss-threshold adversary).
     """
     x, y, _ = _check_records(model, x, y, None, models=None)
     return -np.asarray(_loss_jit(model.per_example_loss, params, x, y), dtype=np.float64)
@@ -208,7 +208,7 @@ def lira_scores(target_confidences, shadow_confidences, shadow_inclusion, *, var
     - online: ``log N(phi; mu_in, s_in^2) - log N(phi; mu_out, s_out^2)``, the
       log-likelihood ratio (Carlini et al. Alg. 1);
     - offline: ``-log Pr[Z > phi]`` with ``Z ~ N(mu_out, s_out^2)``, a one-sided test
-      that increases with ``phi`` (Carlini et al. Sec. VI.C, Eq. 4; the log survival
+      that increases with ``phi`` (Carlini et al.'s offline variant; the log survival
       function keeps the resolution in the far tail, where members sit).
 
     ``variance="per_example"`` uses each record's sample standard deviation (``ddof=1``);
@@ -231,7 +231,7 @@ def lira_scores(target_confidences, shadow_confidences, shadow_inclusion, *, var
         2 IN (online) or 2 OUT shadows, or an unknown variant or variance.
 
     References:
-      Carlini et al. 2022, arXiv:2112.03199, Alg. 1 and Sec. VI.C.
+      Carlini et al. 2022, arXiv:2112.03570 (Algorithm 1, online LiRA, and its offline variant).
     """
     if variant not in LIRA_VARIANTS:
         raise ValueError(f"variant must be one of {list(LIRA_VARIANTS)}, got {variant!r}")
@@ -321,7 +321,7 @@ def lira_attack(model: Model, target_params: Params, candidate_x, candidate_y, p
     for a non-private target.
 
     References:
-      Carlini et al. 2022, arXiv:2112.03199.
+      Carlini et al. 2022, arXiv:2112.03570.
     """
     if not isinstance(config, LiraConfig):
         raise ValueError(f"config must be a LiraConfig, got {type(config).__name__}")
@@ -381,7 +381,7 @@ def client_membership_scores(record_scores, record_clients, *, num_clients: int 
       ``TPR <= e^epsilon * FPR + delta`` directly.
 
     References:
-      Carlini et al. 2022, arXiv:2112.03199 (the record scores).
+      Carlini et al. 2022, arXiv:2112.03570 (the record scores).
       Dwork, Roth. "The Algorithmic Foundations of Differential Privacy", 2014 (group
       privacy).
       McMahan, Ramage, Talwar, Zhang. "Learning Differentially Private Recurrent Language

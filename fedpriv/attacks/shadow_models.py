@@ -18,7 +18,7 @@ References:
   Shokri, Stronati, Song, Shmatikov. "Membership Inference Attacks against Machine
   Learning Models", IEEE S&P 2017, arXiv:1610.05820.
   Carlini, Chien, Nasr, Song, Terzis, Tramèr. "Membership Inference Attacks From First
-  Principles", IEEE S&P 2022, arXiv:2112.03199.
+  Principles", IEEE S&P 2022, arXiv:2112.03570.
   Abadi et al. "Deep Learning with Differential Privacy", CCS 2016, arXiv:1607.00133.
 """
 
@@ -112,7 +112,8 @@ def balanced_inclusion_masks(key: PRNGKey, num_models: int, num_records: int) ->
       ValueError: if ``num_models < 2`` or ``num_records < 1``.
 
     References:
-      Carlini et al. 2022, arXiv:2112.03199 (their ``train.py``).
+      Carlini et al. 2022, arXiv:2112.03570; reference code: tensorflow/privacy,
+      ``research/mi_lira_2021/train.py``.
     """
     _check_count(num_models, "num_models", 2)
     _check_count(num_records, "num_records", 1)
@@ -303,7 +304,7 @@ def logit_confidence(model: Model, params: Params, x, y) -> Array:
 
     Computed stably from the logits ``z`` as ``z_y - logsumexp_{j != y} z_j`` (equal to
     ``log p_y - log(1 - p_y)`` without forming ``1 - p_y``, which rounds to 0 for a
-    memorised record). Carlini et al. (Sec. IV.C) scale the confidence so that it is
+    memorised record). Carlini et al. scale the confidence so that it is
     close to Gaussian over training runs.
 
     Args:
@@ -316,7 +317,7 @@ def logit_confidence(model: Model, params: Params, x, y) -> Array:
       ``[N]`` float32 confidences.
 
     References:
-      Carlini et al. 2022, arXiv:2112.03199, Sec. IV.C.
+      Carlini et al. 2022, arXiv:2112.03570 (logit scaling of the confidence).
     """
     x, y, _ = _check_records(model, x, y, None, models=None)
     return _confidence_jit(model.apply, params, x, y)

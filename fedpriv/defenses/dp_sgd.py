@@ -51,6 +51,9 @@ class DPSGDPlan:
         (rounds it takes part in x local steps per round), ``>= 1``.
       expected_batch_size: ``sampling_rate * local_dataset_size``, a public constant
         ``> 0`` used as the divisor (dividing by the realised batch size would leak it).
+      round_noise_multipliers: ``None`` (every step uses ``noise_multiplier``) or a noise
+        schedule, one multiplier per round of ``steps / len(schedule)`` steps; the event
+        composes the actual sequence (``noise_multiplier`` is then the first round's).
 
     Raises:
       ValueError: on construction, if a field is outside its allowed range; the message
@@ -91,6 +94,7 @@ class DPSGDPlan:
     sampling_rate: float
     steps: int
     expected_batch_size: float
+    round_noise_multipliers: tuple[float, ...] | None = None
 
     def __post_init__(self):
         # Normalised to plain Python numbers so the plan stays hashable (a static jit arg).
@@ -103,6 +107,24 @@ class DPSGDPlan:
         }
         for name, value in checked.items():
             object.__setattr__(self, name, value)
+        if self.round_noise_multipliers is not None:
+            schedule = tuple(_validation.check_noise_multiplier(value, "round_noise_multipliers")
+                             for value in self.round_noise_multipliers)
+            if not schedule or self.steps % len(schedule):
+                raise ValueError(f"round_noise_multipliers must have one value per round, and steps ({self.steps}) "
+                                 f"must be a multiple of the rounds ({len(schedule)})")
+            object.__setattr__(self, "round_noise_multipliers", schedule)
+
+    @property
+    def steps_per_round(self) -> int:
+        """Local DP-SGD steps per round (all ``steps`` when there is no schedule)."""
+        return self.steps // len(self.round_noise_multipliers) if self.round_noise_multipliers else self.steps
+
+    def noise_multiplier_in_round(self, round_index: int) -> float:
+        """The noise multiplier of round ``round_index``: the schedule's, else the plan's."""
+        if self.round_noise_multipliers is None:
+            return self.noise_multiplier
+        return self.round_noise_multipliers[round_index]
 
     @classmethod
     def calibrated(
@@ -192,6 +214,7 @@ class DPSGDPlan:
         per_example_grads: Params,
         example_mask: Array,
         noise_state: noise_lib.GaussianNoiseState,
+        noise_multiplier: Array | None = None,
     ) -> tuple[Params, noise_lib.GaussianNoiseState, dict[str, Array]]:
         """One DP-SGD gradient: ``(clipped sum + noise) / expected_batch_size``.
 
@@ -201,6 +224,9 @@ class DPSGDPlan:
           example_mask: ``[B]``, non-zero for the examples Poisson-sampled into this step,
             0 for padding (padding contributes exactly 0).
           noise_state: the state from :meth:`noise_state` or ``noise(key).init(params)``.
+          noise_multiplier: this step's noise multiplier (may be traced, so a schedule
+            does not recompile); ``None`` means the plan's. Only the plan's own
+            :meth:`noise_multiplier_in_round` values are covered by :meth:`dp_event`.
 
         Returns:
           ``(gradient, new_noise_state, aux)``: the private gradient (leaves
@@ -218,7 +244,8 @@ class DPSGDPlan:
           client); reusing a noise state.
         """
         summed, fraction_clipped = clipping.clipped_sum(per_example_grads, example_mask, self.l2_clip_norm)
-        noised, new_noise_state = noise_lib._noised(summed, noise_state, self.noise_stddev)
+        stddev = self.noise_stddev if noise_multiplier is None else noise_multiplier * self.sensitivity
+        noised, new_noise_state = noise_lib._noised(summed, noise_state, stddev)
         gradient = jax.tree_util.tree_map(lambda leaf: leaf / jnp.asarray(self.expected_batch_size, leaf.dtype),
                                           noised)
         aux = {"fraction_clipped": fraction_clipped,

@@ -20,7 +20,8 @@ from fedpriv.typing import ClientData, Params
 
 CLIENT_BACKENDS = ("vmap", "loop")
 
-# run(params, client_data, client_keys [C]) -> (updates with leaves [C, ...], aux with leaves [C])
+# run(params, client_data, client_keys [C], noise_multiplier=None)
+#   -> (updates with leaves [C, ...], aux with leaves [C])
 ClientRunner = Callable[[Params, ClientData, jax.Array], tuple[Params, dict[str, jax.Array]]]
 
 
@@ -39,23 +40,23 @@ def for_each_client(client_update: ClientUpdate, backend: str) -> ClientRunner:
       function meant to sit inside the jitted round, with ``"loop"`` a host function.
     """
     if backend == "vmap":
-        def run(params, client_data: ClientData, client_keys):
-            updates, aux = jax.vmap(client_update, in_axes=(None, 0, 0, 0))(
-                params, client_data.examples, client_data.example_mask, client_keys)
+        def run(params, client_data: ClientData, client_keys, noise_multiplier=None):
+            updates, aux = jax.vmap(client_update, in_axes=(None, 0, 0, 0, None))(
+                params, client_data.examples, client_data.example_mask, client_keys, noise_multiplier)
             return _zero_absent(updates, aux, client_data.client_mask)
         return run
 
     if backend == "loop":
         jitted_update = jax.jit(client_update)
 
-        def run(params, client_data: ClientData, client_keys):
+        def run(params, client_data: ClientData, client_keys, noise_multiplier=None):
             client_mask = jax.device_get(client_data.client_mask)
             updates, auxes = [], []
             for index, present in enumerate(client_mask):
                 if present:
                     examples = jax.tree_util.tree_map(lambda a: a[index], client_data.examples)
                     update, aux = jitted_update(params, examples, client_data.example_mask[index],
-                                                client_keys[index])
+                                                client_keys[index], noise_multiplier)
                 else:
                     update = jax.tree_util.tree_map(jnp.zeros_like, params)
                     aux = {"num_examples": jnp.float32(0.0), "fraction_clipped": jnp.float32(0.0)}

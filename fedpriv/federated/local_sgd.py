@@ -19,9 +19,9 @@ from fedpriv.typing import Batch, Model, Params
 LOCAL_STEP_LOOPS = ("unroll", "scan")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 
-# client_update(params, examples {"x": [S, B, ...], "y": [S, B]}, example_mask [S, B], key)
-#   -> (update = local_params - params, aux dict of scalars)
-ClientUpdate = Callable[[Params, Batch, jax.Array, jax.Array], tuple[Params, dict[str, jax.Array]]]
+# client_update(params, examples {"x": [S, B, ...], "y": [S, B]}, example_mask [S, B], key,
+#               noise_multiplier=None) -> (update = local_params - params, aux dict of scalars)
+ClientUpdate = Callable[..., tuple[Params, dict[str, jax.Array]]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -78,7 +78,9 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
         ``private_gradient(per_example_grads, mask, noise_state)``.
 
     Returns:
-      ``client_update(params, examples, example_mask, key) -> (update, aux)``.
+      ``client_update(params, examples, example_mask, key, noise_multiplier=None) ->
+      (update, aux)``; ``noise_multiplier`` is this round's value of the plan's noise
+      schedule (a traced scalar, so schedules never recompile), ignored without DP.
     """
     if config.optimizer == "adam":
         # eps_root keeps d sqrt(v)/dv finite where a gradient coordinate is zero, so attacks
@@ -88,21 +90,22 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
         optimizer = optax.sgd(config.learning_rate, momentum=config.momentum)
 
     if dp_plan is None:
-        def step_gradient(params, batch, mask, noise_state):
+        def step_gradient(params, batch, mask, noise_state, noise_multiplier):
             gradient = jax.grad(lambda p: masked_mean_loss(model, p, batch, mask))(params)
             return gradient, noise_state, jnp.float32(0.0)
     else:
         from fedpriv.defenses import per_example_gradients  # defenses sit beside federated
 
-        def step_gradient(params, batch, mask, noise_state):
+        def step_gradient(params, batch, mask, noise_state, noise_multiplier):
             grads = per_example_gradients(model.per_example_loss, params, batch)
-            gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state)
+            gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier)
             return gradient, noise_state, aux["fraction_clipped"]
 
-    def local_step(carry, step_inputs):
+    def local_step(carry, step_inputs, noise_multiplier):
         params, optimizer_state, noise_state = carry
         batch, mask = step_inputs
-        gradient, new_noise_state, fraction_clipped = step_gradient(params, batch, mask, noise_state)
+        gradient, new_noise_state, fraction_clipped = step_gradient(params, batch, mask, noise_state,
+                                                                    noise_multiplier)
         updates, new_optimizer_state = optimizer.update(gradient, optimizer_state, params)
         new_params = optax.apply_updates(params, updates)
         active = jnp.logical_or(dp_plan is not None, jnp.any(mask > 0))
@@ -110,16 +113,17 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
         carry = (keep(new_params, params), keep(new_optimizer_state, optimizer_state), new_noise_state)
         return carry, fraction_clipped
 
-    def client_update(params, examples, example_mask, key):
+    def client_update(params, examples, example_mask, key, noise_multiplier=None):
         noise_state = dp_plan.noise(key).init(params) if dp_plan is not None else ()
         carry = (params, optimizer.init(params), noise_state)
         if config.step_loop == "scan":
-            carry, fractions = jax.lax.scan(local_step, carry, (examples, example_mask))
+            carry, fractions = jax.lax.scan(lambda c, x: local_step(c, x, noise_multiplier), carry,
+                                            (examples, example_mask))
         else:
             fractions = []
             for step in range(example_mask.shape[0]):
                 batch = jax.tree_util.tree_map(lambda a: a[step], examples)
-                carry, fraction = local_step(carry, (batch, example_mask[step]))
+                carry, fraction = local_step(carry, (batch, example_mask[step]), noise_multiplier)
                 fractions.append(fraction)
             fractions = jnp.stack(fractions)
         local_params = carry[0]

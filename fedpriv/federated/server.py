@@ -62,13 +62,13 @@ def client_weights(aux: dict[str, jax.Array], client_mask: jax.Array, weighting:
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
-RoundFunction = Callable[[ServerState, ClientData, jax.Array],
-                         tuple[ServerState, Params, dict[str, jax.Array]]]
+# round(state, client_data, client_keys, noise_multiplier=None) -> (new_state, updates, aux)
+RoundFunction = Callable[..., tuple[ServerState, Params, dict[str, jax.Array]]]
 
 
 def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTransformation, *,
                backend: str, weighting: str = "examples") -> RoundFunction:
-    """Builds ``round(state, client_data, client_keys) -> (new_state, updates, aux)``.
+    """Builds ``round(state, client_data, client_keys, noise_multiplier=None) -> (new_state, updates, aux)``.
 
     ``updates`` are the per-client updates the server received (leaves ``[C, ...]``),
     which is what an honest-but-curious server observes without secure aggregation.
@@ -90,16 +90,16 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
 
     if backend == "vmap":
         @jax.jit
-        def round_function(state, client_data, client_keys):
-            updates, aux = run_clients(state.params, client_data, client_keys)
+        def round_function(state, client_data, client_keys, noise_multiplier=None):
+            updates, aux = run_clients(state.params, client_data, client_keys, noise_multiplier)
             return server_step(state, updates, aux, client_data.client_mask), updates, aux
         round_function.compiled_functions = (round_function,)
         return round_function
 
     jitted_server_step = jax.jit(server_step)
 
-    def round_function(state, client_data, client_keys):
-        updates, aux = run_clients(state.params, client_data, client_keys)
+    def round_function(state, client_data, client_keys, noise_multiplier=None):
+        updates, aux = run_clients(state.params, client_data, client_keys, noise_multiplier)
         return jitted_server_step(state, updates, aux, client_data.client_mask), updates, aux
 
     round_function.compiled_functions = (run_clients.jitted_client_update, jitted_server_step)

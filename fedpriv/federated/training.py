@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Collection
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
@@ -159,7 +160,11 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
         client_keys = jax.random.split(jax.random.fold_in(clients_key, round_index), num_clients)
         start = time.perf_counter()
         sent_params = state.params
-        state, updates, _ = round_function(state, client_data, client_keys)
+        if dp_plan is None:
+            state, updates, _ = round_function(state, client_data, client_keys)
+        else:  # this round's value of the plan's noise schedule, traced: no recompilation
+            noise_multiplier = jnp.float32(dp_plan.noise_multiplier_in_round(round_index))
+            state, updates, _ = round_function(state, client_data, client_keys, noise_multiplier)
         jax.block_until_ready(state.params)
         seconds.append(time.perf_counter() - start)
         logger.info("round %d took %.2f s", round_index, seconds[-1])

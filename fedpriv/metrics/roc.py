@@ -13,7 +13,7 @@ and an AUC can be high from many unconfident guesses.
 
 References:
   Carlini, Chien, Nasr, Song, Terzis, Tramèr. "Membership Inference Attacks From First
-  Principles", IEEE S&P 2022, arXiv:2112.03199 (Sec. III, TPR at low FPR).
+  Principles", IEEE S&P 2022, arXiv:2112.03570 (TPR at low FPR).
   Fawcett. "An introduction to ROC analysis", Pattern Recognition Letters 27, 2006
   (exact ROC curves with ties, AUC as the Mann-Whitney statistic).
 """
