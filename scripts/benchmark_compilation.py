@@ -79,9 +79,12 @@ def time_clients(model_name, options, backend, clients, steps, batch, rounds=2):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--iterations", type=int, default=None, help="attack iterations timed per variant")
+    parser.add_argument("--variants", default="host/loop,scan/loop,host/vmap,scan/vmap,scan/map",
+                        help="comma-separated LOOP/BATCHING pairs (ConvNet-64 under vmap takes seconds per step)")
     args = parser.parse_args(argv)
-    iterations = 10 if args.quick else 30
-    variants = [("host", "loop"), ("scan", "loop"), ("host", "vmap"), ("scan", "vmap"), ("scan", "map")]
+    iterations = args.iterations or (10 if args.quick else 30)
+    variants = [tuple(v.split("/")) for v in args.variants.split(",")]
     attack_models = [("convnet", (32, 32, 3), {"width": 64}), ("convnet", (32, 32, 1), {"width": 64}),
                      ("convnet", (32, 32, 1), {"width": 16}), ("lenet", (32, 32, 3), {}),
                      ("mlp", (32, 32, 1), {})]
