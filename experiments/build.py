@@ -40,7 +40,9 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
                            noise_multiplier=(None if cfg.defense.noise_multiplier is None
                                              else float(cfg.defense.noise_multiplier)),
                            target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
-                           accountant=str(cfg.privacy.accountant))
+                           accountant=str(cfg.privacy.accountant),
+                           schedule=OmegaConf.to_container(cfg.privacy.schedule, resolve=True),
+                           stop_on_budget=bool(cfg.privacy.stop_on_budget))
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
     return ScenarioConfig(
         seed=int(cfg.seed),

@@ -18,6 +18,7 @@ import numpy as np
 
 from fedpriv import data as data_lib
 from fedpriv import metrics
+from fedpriv import privacy
 from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
 from fedpriv.defenses import DPSGDPlan
 from fedpriv.federated import FederatedConfig, train
@@ -47,6 +48,13 @@ class DPSGDSettings:
       target_epsilon: the budget for calibration, > 0.
       delta: delta, in (0, 1).
       accountant: ``"rdp"`` or ``"pld"`` for calibration (reports give both).
+      schedule: ``{"kind": ..., **options}`` of a noise schedule
+        (``fedpriv.privacy.make_schedule``): ``"constant"`` uses ``noise_multiplier`` (or
+        calibrates it); ``"budget_aware"`` scales its ``profile`` so the planned run spends
+        ``target_epsilon``; the other kinds give their own multipliers and the accountant
+        composes what they spend.
+      stop_on_budget: stop training before the round that would take the run above
+        ``target_epsilon`` (a privacy ledger checks before every round).
     """
 
     l2_clip_norm: float
@@ -54,6 +62,8 @@ class DPSGDSettings:
     target_epsilon: float
     delta: float
     accountant: str = "rdp"
+    schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "constant"})
+    stop_on_budget: bool = False
 
     def __post_init__(self):
         if not self.l2_clip_norm > 0:
@@ -66,6 +76,35 @@ class DPSGDSettings:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        kind = dict(self.schedule).get("kind")
+        if kind not in privacy.SCHEDULE_KINDS:
+            raise ValueError(f"privacy.schedule.kind must be one of {privacy.SCHEDULE_KINDS}, got {kind!r}")
+        if kind not in ("constant", "budget_aware"):
+            # Built now so a bad option or a schedule going negative fails before any compute.
+            privacy.make_schedule(kind, **{k: v for k, v in self.schedule.items() if k != "kind"})
+
+    def plan(self, *, sampling_rate: float, rounds: int, steps_per_round: int,
+             expected_batch_size: float) -> DPSGDPlan:
+        """The DP-SGD plan of a run of ``rounds`` rounds of ``steps_per_round`` steps each."""
+        common = dict(l2_clip_norm=self.l2_clip_norm, sampling_rate=sampling_rate, steps=rounds * steps_per_round,
+                      expected_batch_size=expected_batch_size)
+        options = {k: v for k, v in self.schedule.items() if k != "kind"}
+        kind = self.schedule["kind"]
+        if kind == "constant":
+            if self.noise_multiplier is None:
+                return DPSGDPlan.calibrated(target_epsilon=self.target_epsilon, delta=self.delta,
+                                            accountant=self.accountant, **common)
+            return DPSGDPlan(noise_multiplier=self.noise_multiplier, **common)
+        if kind == "budget_aware":
+            profile = options.pop("profile", None)
+            schedule = privacy.BudgetAwareSchedule(
+                target_epsilon=self.target_epsilon, delta=self.delta, rounds=rounds, sampling_rate=sampling_rate,
+                steps_per_round=steps_per_round, accountant=self.accountant,
+                **({"profile": privacy.make_schedule(**profile)} if profile else {}), **options)
+        else:
+            schedule = privacy.make_schedule(kind, **options)
+        sequence = schedule.sequence(rounds)
+        return DPSGDPlan(noise_multiplier=sequence[0], round_noise_multipliers=sequence, **common)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -149,14 +188,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         if sampling_rate > 1:
             raise ValueError(f"batch_size {federation.batch_size} exceeds the mean hospital size "
                              f"{np.mean(sizes):.1f}: the Poisson sampling rate would be above 1")
-        steps = federation.rounds * federation.local_steps
-        common = dict(l2_clip_norm=config.dp.l2_clip_norm, sampling_rate=sampling_rate, steps=steps,
-                      expected_batch_size=float(federation.batch_size))
-        if config.dp.noise_multiplier is None:
-            plan = DPSGDPlan.calibrated(target_epsilon=config.dp.target_epsilon, delta=config.dp.delta,
-                                        accountant=config.dp.accountant, **common)
-        else:
-            plan = DPSGDPlan(noise_multiplier=config.dp.noise_multiplier, **common)
+        plan = config.dp.plan(sampling_rate=sampling_rate, rounds=federation.rounds,
+                              steps_per_round=federation.local_steps,
+                              expected_batch_size=float(federation.batch_size))
 
     # DP-SGD's accounting assumes Poisson sampling; without DP, batches are drawn by shuffling.
     sampling = "poisson" if plan is not None else "shuffle"
@@ -178,28 +212,55 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
             # (the cohort from its root, round r's batches from fold_in(data, r + 1)).
             generator=numpy_generator(jax.random.fold_in(keys.data, round_index + 1)))
 
+    ledger = stop_before_round = None
+    if plan is not None and config.dp.stop_on_budget:
+        ledger = privacy.PrivacyLedger(unit=plan.unit, budget_epsilon=config.dp.target_epsilon,
+                                       delta=config.dp.delta, accountant=config.dp.accountant)
+
+        def stop_before_round(round_index: int) -> str:
+            sigma = plan.noise_multiplier_in_round(round_index)
+            exhausted = ledger.stop_if_would_exceed(next_round_noise_multiplier=sigma,
+                                                    sampling_rate=plan.sampling_rate, steps=plan.steps_per_round)
+            if exhausted is not None:
+                return exhausted.reason
+            ledger.record_round(sigma, plan.sampling_rate, plan.steps_per_round)
+            return ""
+
     observe_round = config.observe_round % federation.rounds
     params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape)))
     training = train(model=model, config=federation, params=params, round_data=round_data,
                      sampling_key=keys.sampling, clients_key=keys.clients, num_clients=len(partition),
-                     observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan)
+                     observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan,
+                     stop_before_round=stop_before_round)
     results: dict[str, float | int | str] = {
         "utility.test_accuracy": metrics.accuracy(model, training.params, test_cohort.images, test_cohort.labels),
         "train.seconds": float(np.sum(training.seconds_per_round)),
         "train.seconds_per_round": float(np.median(training.seconds_per_round)),
+        "train.rounds_run": training.rounds_run,
+        "train.stop_reason": training.stop_reason,
         "data.num_train_records": int(train_cohort.num_records),
         "data.num_test_records": int(test_cohort.num_records),
         "data.smallest_hospital": int(sizes.min()),
         "data.largest_hospital": int(sizes.max()),
         "model.num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
     }
-    if plan is not None:
+    if ledger is not None:  # what the run really spent, up to where the ledger stopped it
+        results.update(ledger.as_dict(config.dp.delta))
+        results["privacy.unit"] = plan.unit
+    elif plan is not None:
         results.update(plan.report(config.dp.delta).as_dict())
     else:
         results.update({"privacy.unit": "none", "privacy.epsilon": float("inf")})
+    if plan is not None:
+        results["privacy.schedule"] = config.dp.schedule["kind"]
+        results["privacy.sampling_rate"] = plan.sampling_rate
+        results["privacy.noise_multiplier_first_round"] = plan.noise_multiplier_in_round(0)
+        results["privacy.noise_multiplier_last_round"] = plan.noise_multiplier_in_round(federation.rounds - 1)
 
     truth = reconstructed = None
-    if config.attack is not None:
+    if config.attack is not None and observe_round not in training.observations:
+        results["attack.status"] = f"round {observe_round} was never run: {training.stop_reason}"
+    elif config.attack is not None:
         observation = training.observations[observe_round]
         client_data = training.observed_data[observe_round]
         victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))

@@ -262,6 +262,9 @@ class DPSGDPlan:
         - Relation: add/remove-one example. Unit: one example.
         - Not protected: as for :class:`DPSGDPlan`.
         """
+        if self.round_noise_multipliers is not None:
+            return events.heterogeneous_event(self.round_noise_multipliers, self.sampling_rate,
+                                              steps_per_round=self.steps_per_round)
         return events.dp_sgd_event(noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate,
                                    steps=self.steps)
 
@@ -277,6 +280,14 @@ class DPSGDPlan:
         - Relation: add/remove-one example. Unit: one example (``report.unit``).
         - Not protected: as for :class:`DPSGDPlan`.
         """
-        return accountant_lib.sampled_gaussian_report(
-            noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate, steps=self.steps,
-            delta=delta, unit=self.unit)
+        if self.round_noise_multipliers is None:
+            return accountant_lib.sampled_gaussian_report(
+                noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate, steps=self.steps,
+                delta=delta, unit=self.unit)
+        # A schedule: both accountants on the composed sequence; noise_multiplier is round 0's.
+        event = self.dp_event()
+        return accountant_lib.PrivacyReport(
+            unit=self.unit, delta=delta,
+            epsilon_rdp=accountant_lib.epsilon_for(event, delta=delta, accountant="rdp"),
+            epsilon_pld=accountant_lib.epsilon_for(event, delta=delta, accountant="pld"),
+            noise_multiplier=self.round_noise_multipliers[0], sampling_rate=self.sampling_rate, steps=self.steps)

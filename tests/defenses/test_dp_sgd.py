@@ -162,3 +162,27 @@ def test_calibrated_rejects_bad_arguments(kwargs, field):
                 expected_batch_size=16.0)
     with pytest.raises(ValueError, match=field):
         defenses.DPSGDPlan.calibrated(**{**good, **kwargs})
+
+
+def test_scheduled_plan_accounts_the_composed_sequence():
+    # The plan's event is the hand-built composition of each round's sampled Gaussian.
+    import dp_accounting
+
+    from fedpriv.privacy import epsilon_for
+    schedule = (2.0, 1.5, 1.5, 1.0)
+    plan = defenses.DPSGDPlan(l2_clip_norm=1.0, noise_multiplier=2.0, sampling_rate=0.1, steps=8, expected_batch_size=4.0,
+                     round_noise_multipliers=schedule)
+    assert plan.steps_per_round == 2
+    assert [plan.noise_multiplier_in_round(r) for r in range(4)] == list(schedule)
+    by_hand = dp_accounting.ComposedDpEvent([
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(sigma)), 2)
+        for sigma in schedule])
+    for accountant in ("rdp", "pld"):
+        assert epsilon_for(plan.dp_event(), delta=1e-5, accountant=accountant) == pytest.approx(
+            epsilon_for(by_hand, delta=1e-5, accountant=accountant), rel=1e-9)
+    report = plan.report(1e-5)
+    assert report.epsilon_pld <= report.epsilon_rdp
+    with pytest.raises(ValueError, match="round_noise_multipliers"):
+        defenses.DPSGDPlan(l2_clip_norm=1.0, noise_multiplier=2.0, sampling_rate=0.1, steps=7, expected_batch_size=4.0,
+                  round_noise_multipliers=schedule)
