@@ -42,7 +42,8 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
                            target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
                            accountant=str(cfg.privacy.accountant),
                            schedule=OmegaConf.to_container(cfg.privacy.schedule, resolve=True),
-                           stop_on_budget=bool(cfg.privacy.stop_on_budget))
+                           stop_on_budget=bool(cfg.privacy.stop_on_budget),
+                           audit_trials=int(cfg.privacy.audit_trials))
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
     return ScenarioConfig(
         seed=int(cfg.seed),

@@ -55,6 +55,9 @@ class DPSGDSettings:
         composes what they spend.
       stop_on_budget: stop training before the round that would take the run above
         ``target_epsilon`` (a privacy ledger checks before every round).
+      audit_trials: ``0`` (no audit) or the trials per side of a white-box gradient-canary
+        audit of one DP-SGD step of the plan at its smallest noise multiplier (q = 1),
+        reported beside that step's accountant epsilon (Clopper-Pearson, split threshold).
     """
 
     l2_clip_norm: float
@@ -64,6 +67,7 @@ class DPSGDSettings:
     accountant: str = "rdp"
     schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "constant"})
     stop_on_budget: bool = False
+    audit_trials: int = 0
 
     def __post_init__(self):
         if not self.l2_clip_norm > 0:
@@ -76,6 +80,8 @@ class DPSGDSettings:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if not (isinstance(self.audit_trials, int) and (self.audit_trials == 0 or self.audit_trials >= 100)):
+            raise ValueError(f"audit_trials must be 0 (no audit) or an integer >= 100, got {self.audit_trials!r}")
         kind = dict(self.schedule).get("kind")
         if kind not in privacy.SCHEDULE_KINDS:
             raise ValueError(f"privacy.schedule.kind must be one of {privacy.SCHEDULE_KINDS}, got {kind!r}")
@@ -251,6 +257,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results.update(plan.report(config.dp.delta).as_dict())
     else:
         results.update({"privacy.unit": "none", "privacy.epsilon": float("inf")})
+    if plan is not None and config.dp.audit_trials:
+        results.update(audit_one_step(plan, config.dp.audit_trials, config.dp.delta,
+                                      jax.random.fold_in(keys.attack, 1), params))
     if plan is not None:
         results["privacy.schedule"] = config.dp.schedule["kind"]
         results["privacy.sampling_rate"] = plan.sampling_rate
@@ -281,6 +290,25 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results["attack.round"] = observe_round
     results["scenario.seconds"] = time.perf_counter() - started
     return ScenarioResult(results, truth, reconstructed)
+
+
+def audit_one_step(plan: DPSGDPlan, trials: int, delta: float, key: jax.Array, params) -> dict:
+    """White-box canary audit of one step of ``plan``'s DP-SGD code at its weakest round.
+
+    Runs the plan's own ``private_gradient`` (clip, noise on the sum) with and without a
+    canary gradient of norm ``l2_clip_norm`` in a model-sized parameter space, and states
+    the Clopper-Pearson lower bound (95 %, split threshold) beside the accountant's
+    epsilon for that one release (q = 1): a lower bound above it means the noise code
+    does not do what the plan accounts for.
+    """
+    weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.steps // plan.steps_per_round))
+    one_step = DPSGDPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, sampling_rate=1.0, steps=1,
+                         expected_batch_size=plan.expected_batch_size)
+    canary_trials = privacy.run_gradient_canary_trials(one_step, trials, key, params_template=params)
+    result = privacy.clopper_pearson_audit(canary_trials.present_scores, canary_trials.absent_scores, delta=delta,
+                                           threshold_selection="split")
+    accountant_epsilon = one_step.report(delta).epsilon if weakest > 0 else float("inf")
+    return privacy.audit_report(result, accountant_epsilon)
 
 
 def score_reconstruction(reconstruction: Reconstruction, client_data: ClientData, victim_clients: list[int],

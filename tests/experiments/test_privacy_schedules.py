@@ -52,3 +52,10 @@ def test_a_schedule_that_goes_negative_fails_before_compute():
     from tests.experiments.conftest import compose_smoke
     with pytest.raises(ValueError, match="end|noise_multiplier|negative"):
         build_scenario(compose_smoke({**COMMON, "privacy": "linear_decay", "privacy.schedule.end": "-0.5"}))
+
+
+def test_audit_of_the_run_plan_stays_below_its_one_step_epsilon():
+    metrics = run_smoke({**COMMON, "privacy.audit_trials": "2000", "privacy.target_epsilon": "3"}).metrics
+    assert metrics["audit.method"] == "clopper_pearson"
+    assert 0.0 <= metrics["audit.epsilon_lower_bound"] <= metrics["audit.accountant_epsilon"]
+    assert metrics["audit.exceeds_accountant"] is False
