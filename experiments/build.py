@@ -60,6 +60,8 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
                                               scan_chunk=int(cfg.impl.scan_chunk)),
         observe_round=int(cfg.attack.observe_round),
         num_victims=int(cfg.attack.num_victims),
+        membership=(None if cfg.attack.get("membership") is None
+                    else instantiate(cfg.attack.membership, _convert_="all")),
     )
 
 

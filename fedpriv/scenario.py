@@ -19,7 +19,8 @@ import numpy as np
 from fedpriv import data as data_lib
 from fedpriv import metrics
 from fedpriv import privacy
-from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
+from fedpriv.attacks import (AttackCompilation, InvertingGradientsConfig, LiraConfig, invert_gradients, lira_attack,
+                             loss_threshold_scores)
 from fedpriv.defenses import DPSGDPlan
 from fedpriv.federated import FederatedConfig, train
 from fedpriv.keys import numpy_generator, run_keys
@@ -130,6 +131,10 @@ class ScenarioConfig:
       attack_compilation: how the attack is compiled.
       observe_round: the round the attacker records; negative counts from the end.
       num_victims: how many observed hospitals are attacked.
+      membership: ``None`` or a LiRA config: membership inference against the final
+        federated model, for the records of hospital 0 (members) against as many
+        held-out test records (non-members). The shadows are trained centrally with
+        ``membership.training``, the attacker's approximation of the federation.
     """
 
     seed: int
@@ -144,6 +149,7 @@ class ScenarioConfig:
     attack_compilation: AttackCompilation = AttackCompilation()
     observe_round: int = -1
     num_victims: int = 1
+    membership: LiraConfig | None = None
 
     def __post_init__(self):
         if not 0 < self.test_fraction < 1:
@@ -288,8 +294,36 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results["attack.seconds_per_iteration"] = attack_seconds / (
             config.attack.iterations * config.attack.restarts * len(victims))
         results["attack.round"] = observe_round
+    if config.membership is not None:
+        results.update(membership_inference(config.membership, model, training.params, train_cohort, test_cohort,
+                                            partition[0], jax.random.fold_in(keys.attack, 2)))
     results["scenario.seconds"] = time.perf_counter() - started
     return ScenarioResult(results, truth, reconstructed)
+
+
+def membership_inference(config: LiraConfig, model: Model, params, train_cohort, test_cohort, hospital: np.ndarray,
+                         key: jax.Array) -> dict:
+    """LiRA and the loss-threshold baseline on one hospital's records against the federated model.
+
+    Candidates: the hospital's training records (members) and the same number of
+    held-out test records (non-members), shuffled; the attacker never sees which is which.
+    """
+    started = time.perf_counter()
+    count = min(len(hospital), test_cohort.num_records)
+    order = np.asarray(jax.random.permutation(key, 2 * count))
+    x = np.concatenate([train_cohort.images[hospital[:count]], test_cohort.images[:count]])[order]
+    y = np.concatenate([train_cohort.labels[hospital[:count]], test_cohort.labels[:count]])[order]
+    is_member = (np.arange(2 * count) < count)[order]
+    empty_x, empty_y = x[:0], y[:0]
+    lira = lira_attack(model, params, x, y, empty_x, empty_y, config, jax.random.fold_in(key, 1))
+    loss = loss_threshold_scores(model, params, x, y)
+    results = {"membership.candidates": int(2 * count), "membership.shadows": config.num_shadows}
+    for name, scores in (("lira", lira.scores), ("loss", loss)):
+        results[f"membership.{name}.auc"] = metrics.auc(scores, is_member)
+        for fpr in (0.001, 0.01):
+            results[f"membership.{name}.tpr_at_fpr_{fpr:g}"] = float(metrics.tpr_at_fpr(scores, is_member, fpr))
+    results["membership.seconds"] = time.perf_counter() - started
+    return results
 
 
 def audit_one_step(plan: DPSGDPlan, trials: int, delta: float, key: jax.Array, params) -> dict:
