@@ -8,7 +8,7 @@ Neighbouring relation: add/remove-one with Poisson sampling, everywhere.
 """
 
 from fedpriv.privacy.accountant import ACCOUNTANTS
-from fedpriv.privacy.audit_report import audit_report
+from fedpriv.privacy.auditing_report import audit_report
 from fedpriv.privacy.auditing import AuditResult
 from fedpriv.privacy.auditing import clopper_pearson_audit
 from fedpriv.privacy.auditing import max_certifiable_epsilon
@@ -17,9 +17,9 @@ from fedpriv.privacy.canaries import craft_input_canaries
 from fedpriv.privacy.canaries import make_gradient_canary
 from fedpriv.privacy.canaries import run_gradient_canary_trials
 from fedpriv.privacy.canaries import run_one_run_gradient_canaries
-from fedpriv.privacy.gaussian_dp_audit import gaussian_dp_audit
-from fedpriv.privacy.gaussian_dp_audit import gaussian_dp_epsilon
-from fedpriv.privacy.one_run_audit import one_run_audit
+from fedpriv.privacy.auditing_gaussian_dp import gaussian_dp_audit
+from fedpriv.privacy.auditing_gaussian_dp import gaussian_dp_epsilon
+from fedpriv.privacy.auditing_one_run import one_run_audit
 from fedpriv.privacy.accountant import PLD_VALUE_DISCRETIZATION_INTERVAL
 from fedpriv.privacy.accountant import RDP_ORDERS
 from fedpriv.privacy.accountant import PrivacyReport

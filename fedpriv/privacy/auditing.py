@@ -14,10 +14,10 @@ Three estimators, each returning an :class:`AuditResult`:
 - :func:`clopper_pearson_audit`: many independent trials with and without the canary;
   Clopper-Pearson upper bounds on the false positive and false negative rates of the
   best threshold test, then the (epsilon, delta) hypothesis-testing inequalities.
-- :func:`fedpriv.privacy.gaussian_dp_audit.gaussian_dp_audit`: the same error-rate upper bounds, read as a lower bound on
+- :func:`fedpriv.privacy.auditing_gaussian_dp.gaussian_dp_audit`: the same error-rate upper bounds, read as a lower bound on
   the Gaussian-DP parameter mu and converted to epsilon (valid only for mechanisms whose
   trade-off curve is Gaussian, such as one full-batch DP-SGD step).
-- :func:`fedpriv.privacy.one_run_audit.one_run_audit`: one run with many canaries, each inserted with probability 1/2
+- :func:`fedpriv.privacy.auditing_one_run.one_run_audit`: one run with many canaries, each inserted with probability 1/2
   (Steinke, Nasr, Jagielski 2023).
 
 Canaries and scores (the experiments that feed these estimators) are in

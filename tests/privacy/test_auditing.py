@@ -27,9 +27,9 @@ import pytest
 from fedpriv import defenses
 from fedpriv.models import mlp
 from fedpriv.privacy import auditing
-from fedpriv.privacy import gaussian_dp_audit as gdp
-from fedpriv.privacy import one_run_audit as one_run_module
-from fedpriv.privacy.audit_report import audit_report
+from fedpriv.privacy import auditing_gaussian_dp as gdp
+from fedpriv.privacy import auditing_one_run as one_run_module
+from fedpriv.privacy.auditing_report import audit_report
 from fedpriv.privacy import canaries
 
 DELTA = 1e-5
