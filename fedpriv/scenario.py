@@ -322,6 +322,11 @@ def membership_inference(config: LiraConfig, model: Model, params, train_cohort,
         results[f"membership.{name}.auc"] = metrics.auc(scores, is_member)
         for fpr in (0.001, 0.01):
             results[f"membership.{name}.tpr_at_fpr_{fpr:g}"] = float(metrics.tpr_at_fpr(scores, is_member, fpr))
+        # The same scores as an empirical epsilon lower bound (one run, independent members),
+        # when the split halves are large enough to certify anything at all.
+        if privacy.max_certifiable_epsilon(num_present=count // 2, num_absent=count // 2) > 0:
+            audit = privacy.clopper_pearson_audit(scores[is_member], scores[~is_member], threshold_selection="split")
+            results[f"membership.{name}.epsilon_lower_bound"] = audit.epsilon_lower_bound
     results["membership.seconds"] = time.perf_counter() - started
     return results
 
