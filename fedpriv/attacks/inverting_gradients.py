@@ -21,6 +21,8 @@ numbers beyond float tolerance (DESIGN §5):
 from __future__ import annotations
 
 import dataclasses
+import functools
+import types
 from collections.abc import Sequence
 
 import jax
@@ -31,7 +33,7 @@ import optax
 from fedpriv.attacks.common import cosine_distance, squared_distance, total_variation, validate_observation
 from fedpriv.attacks.labels import idlg_labels
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
-from fedpriv.typing import Model, Observation, Reconstruction
+from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 DISTANCES = ("cosine", "l2")
 INITIALISATIONS = ("uniform", "normal")
@@ -116,8 +118,7 @@ def _learning_rate_schedule(config: InvertingGradientsConfig):
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
-def _make_objective(model: Model, observation: Observation, config: InvertingGradientsConfig):
-    metadata = observation.metadata
+def _make_objective(model: Model, metadata: ProtocolMetadata, config: InvertingGradientsConfig):
     simulate = make_client_update(model, LocalTrainingConfig(
         learning_rate=metadata.learning_rate, optimizer=metadata.local_optimizer, momentum=metadata.local_momentum))
     mask = jnp.ones((metadata.local_steps, metadata.batch_size), jnp.float32)
@@ -129,6 +130,44 @@ def _make_objective(model: Model, observation: Observation, config: InvertingGra
         return matching + config.tv_weight * total_variation(inputs), matching
 
     return objective
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: InvertingGradientsConfig,
+                       compilation: AttackCompilation):
+    """The jitted programs of one attack setting, cached so later calls (other victims,
+    other rounds, benchmarks) reuse them instead of compiling again."""
+    objective = _make_objective(model, metadata, config)
+    optimizer = optax.adam(_learning_rate_schedule(config))
+    low, high = config.box if config.box is not None else (-jnp.inf, jnp.inf)
+
+    def step(state, labels_, target, params):
+        inputs, optimizer_state = state
+        (value, _), gradient = jax.value_and_grad(objective, has_aux=True)(inputs, labels_, target, params)
+        if config.signed_gradients:
+            gradient = jnp.sign(gradient)
+        updates, optimizer_state = optimizer.update(gradient, optimizer_state, inputs)
+        inputs = jnp.clip(optax.apply_updates(inputs, updates), low, high)
+        return (inputs, optimizer_state), value
+
+    if compilation.batching == "vmap":
+        batched_step = jax.vmap(step, in_axes=(0, 0, 0, None))
+    elif compilation.batching == "map":
+        def batched_step(state, labels_, target, params):
+            return jax.lax.map(lambda args: step(args[0], args[1], args[2], params), (state, labels_, target))
+    else:
+        batched_step = step
+
+    def run_iterations(state, labels_, target, params, count):
+        def body(carry, _):
+            return batched_step(carry, labels_, target, params)
+        return jax.lax.scan(body, state, None, length=count)
+
+    return types.SimpleNamespace(
+        optimizer=optimizer, low=low, high=high,
+        single_iteration=jax.jit(batched_step),
+        run_chunk=jax.jit(run_iterations, static_argnums=4),
+        evaluate=jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, None))))
 
 
 def invert_gradients(observation: Observation, model: Model, config: InvertingGradientsConfig,
@@ -169,34 +208,10 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     else:
         labels = idlg_labels(observation, model, victims)
 
-    objective = _make_objective(model, observation, config)
-    optimizer = optax.adam(_learning_rate_schedule(config))
-    low, high = config.box if config.box is not None else (-jnp.inf, jnp.inf)
-
-    def step(state, labels_, target, params):
-        inputs, optimizer_state = state
-        (value, matching), gradient = jax.value_and_grad(objective, has_aux=True)(inputs, labels_, target, params)
-        if config.signed_gradients:
-            gradient = jnp.sign(gradient)
-        updates, optimizer_state = optimizer.update(gradient, optimizer_state, inputs)
-        inputs = jnp.clip(optax.apply_updates(inputs, updates), low, high)
-        return (inputs, optimizer_state), value
-
-    if compilation.batching == "vmap":
-        batched_step = jax.vmap(step, in_axes=(0, 0, 0, None))
-    elif compilation.batching == "map":
-        def batched_step(state, labels_, target, params):
-            return jax.lax.map(lambda args: step(args[0], args[1], args[2], params), (state, labels_, target))
-    else:
-        batched_step = step
-
-    def run_iterations(state, labels_, target, params, count):
-        def body(carry, _):
-            return batched_step(carry, labels_, target, params)
-        return jax.lax.scan(body, state, None, length=count)
-
-    run_chunk = jax.jit(run_iterations, static_argnums=4)
-    single_iteration = jax.jit(batched_step)
+    # client_ids differ between rounds but not the programs: leave them out of the cache key.
+    programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), config, compilation)
+    optimizer, low, high = programs.optimizer, programs.low, programs.high
+    single_iteration, run_chunk = programs.single_iteration, programs.run_chunk
 
     # Candidates are (victim, restart) pairs, victim-major.
     candidate_victim = np.repeat(np.arange(len(victims)), config.restarts)
@@ -238,8 +253,7 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     else:
         final_inputs, values = optimise(initial, candidate_labels, targets)
     # values: [iterations, candidates]
-    evaluate = jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, None)))
-    final_objective, _ = evaluate(final_inputs, candidate_labels, targets, observation.params)
+    final_objective, _ = programs.evaluate(final_inputs, candidate_labels, targets, observation.params)
 
     final_objective = np.asarray(final_objective).reshape(len(victims), config.restarts)
     best = np.argmin(final_objective, axis=1)

@@ -73,3 +73,16 @@ def test_bad_inputs_fail_before_compute(tiny_setup):
         InvertingGradientsConfig(iterations=0)
     with pytest.raises(ValueError, match="batching"):
         AttackCompilation(batching="pmap")
+
+
+def test_second_attack_with_the_same_setting_does_not_recompile(tiny_setup):
+    from fedpriv.attacks.inverting_gradients import _compiled_programs
+    model, _, _, _, obs = tiny_setup
+    config = InvertingGradientsConfig(iterations=3, restarts=1, tv_weight=1e-3)
+    compilation = AttackCompilation(loop="host", batching="loop")
+    invert_gradients(obs, model, config, jax.random.key(1), victims=[0], compilation=compilation)
+    hits = _compiled_programs.cache_info().hits
+    programs = _compiled_programs(model, dataclasses.replace(obs.metadata, client_ids=()), config, compilation)
+    invert_gradients(obs, model, config, jax.random.key(2), victims=[1], compilation=compilation)
+    assert _compiled_programs.cache_info().hits == hits + 2
+    assert programs.single_iteration._cache_size() == 1
