@@ -57,7 +57,7 @@ def write_json_atomically(path: Path, payload: dict) -> None:
 def save_reconstruction_grid(path: Path, truth: np.ndarray, reconstructed: np.ndarray, title: str = "") -> None:
     """Two rows per victim: the true records, then their matched reconstructions."""
     victims, count = truth.shape[:2]
-    figure, axes = plt.subplots(2 * victims, count, figsize=(1.6 * count, 3.2 * victims), squeeze=False)
+    figure, axes = plt.subplots(2 * victims, count, figsize=(max(3.2, 1.6 * count), 3.2 * victims), squeeze=False)
     for victim in range(victims):
         for index in range(count):
             for row, images, label in ((0, truth, "true"), (1, reconstructed, "reconstructed")):

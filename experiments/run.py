@@ -40,7 +40,8 @@ def main(cfg: DictConfig) -> float:
     metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha()}
     if result.truth is not None:
         save_reconstruction_grid(output_dir / "reconstruction.png", result.truth, result.reconstructed,
-                                 title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1]} vs defense={cfg.defense.name}")
+                                 title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1].removesuffix('Config')}"
+                                       f"\nvs defense={cfg.defense.name}")
     write_json_atomically(output_dir / "metrics.json", metrics)
     print(results_table(metrics))
     print(f"outputs: {output_dir}")
