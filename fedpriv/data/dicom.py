@@ -1,7 +1,7 @@
 """Reading CT images from DICOM files: one file, or a user's folder of them.
 
 A hospital's own images enter fedpriv through ``load_dicom_folder``: a folder laid out like
-torchvision's ``ImageFolder`` (one subfolder per class) becomes an ``ImageCohort``. Every
+the common image-folder layout (one subfolder per class) becomes an ``ImageCohort``. Every
 file is checked before anything is returned, so a corrupt file stops the run with its
 path in the message instead of silently shrinking the cohort.
 """
