@@ -49,8 +49,9 @@ def build_round_data(
     """Builds the ``ClientData`` of one round.
 
     Args:
-      images: ``[N, *input_shape]`` cohort images (e.g. ``ImageCohort.images``).
-      labels: ``[N]`` integer labels.
+      images: ``[N, *input_shape]`` cohort inputs: float images (e.g.
+        ``ImageCohort.images``) or integer token/code ids with 0 as padding.
+      labels: ``[N]`` integer labels, or ``[N, L]`` multi-hot labels.
       partition: one 1-D array of record indices per client (``C`` clients).
       local_steps: local steps ``S`` per client, >= 1 (must be 1 for ``"full"``).
       batch_size: examples per step. Required for ``"shuffle"`` (at most the smallest
@@ -69,8 +70,8 @@ def build_round_data(
         batches.
 
     Returns:
-      ``ClientData`` with ``examples = {"x": float32 [C, S, B, *input_shape],
-      "y": int32 [C, S, B]}``, float32 ``example_mask [C, S, B]`` and
+      ``ClientData`` with ``examples = {"x": float32 (or int32 ids) [C, S, B, *input_shape],
+      "y": int32 [C, S, B] (or [C, S, B, L])}``, float32 ``example_mask [C, S, B]`` and
       ``client_mask [C]``, int32 ``record_ids [C, S, B]``, all as ``jax.Array``.
 
     Raises:
@@ -194,8 +195,10 @@ def _assemble(
     mask = record_ids >= 0
     safe = np.where(mask, record_ids, 0)
     x_mask = mask.reshape(mask.shape + (1,) * (images.ndim - 1))
-    x = np.where(x_mask, images[safe], np.float32(0.0)).astype(np.float32)
-    y = np.where(mask, labels[safe], 0).astype(np.int32)
+    # Inputs keep their dtype: float32 pixels, or int32 token ids whose padding id is 0.
+    x = np.where(x_mask, images[safe], np.zeros((), images.dtype)).astype(images.dtype)
+    y_mask = mask.reshape(mask.shape + (1,) * (labels.ndim - 1))  # [N] classes or [N, L] multi-hot
+    y = np.where(y_mask, labels[safe], 0).astype(np.int32)
     return ClientData(
         examples={"x": jnp.asarray(x), "y": jnp.asarray(y)},
         example_mask=jnp.asarray(mask.astype(np.float32)),
@@ -207,14 +210,16 @@ def _assemble(
 def _check_data(
     images: object, labels: object, partition: object
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
+    # Images become float32; integer inputs (token or code ids, 0 = padding) stay int32.
+    images = images.astype(np.int32 if np.issubdtype(images.dtype, np.integer) else np.float32)
     labels = np.asarray(labels)
     if images.ndim < 2:
         raise ValueError(f"images must have shape [N, *input_shape], got {images.shape}")
-    if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+    if labels.shape[:1] != images.shape[:1] or labels.ndim > 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
-            f"labels must be an integer array of shape [N] = ({images.shape[0]},), got "
-            f"shape {labels.shape} and dtype {labels.dtype}"
+            f"labels must be an integer array of shape [N] or [N, L] (multi-hot) with N = "
+            f"{images.shape[0]}, got shape {labels.shape} and dtype {labels.dtype}"
         )
     if isinstance(partition, np.ndarray) or not isinstance(partition, Sequence) or not partition:
         raise ValueError(
