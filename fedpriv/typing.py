@@ -102,6 +102,9 @@ class ProtocolMetadata:
       input_shape: shape of one example.
       num_classes: number of classes.
       client_ids: which clients' updates the observation holds (empty if aggregated).
+      private_layers: top-level parameter subtrees each hospital keeps to itself (model
+        partitioning): their entries in ``Observation.params`` are the server's stale
+        copy and their updates are zero, i.e. unobserved.
     """
 
     algorithm: str
@@ -113,6 +116,7 @@ class ProtocolMetadata:
     client_ids: tuple[int, ...]
     local_optimizer: str = "sgd"
     local_momentum: float | None = None
+    private_layers: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

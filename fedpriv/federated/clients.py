@@ -20,8 +20,8 @@ from fedpriv.typing import ClientData, Params
 
 CLIENT_BACKENDS = ("vmap", "loop")
 
-# run(params, client_data, client_keys [C], noise_multiplier=None)
-#   -> (updates with leaves [C, ...], aux with leaves [C])
+# run(params, client_data, client_keys [C], noise_multiplier=None, per_client=None)
+#   -> (updates with leaves [C, ...], aux with leaves [C, ...])
 ClientRunner = Callable[[Params, ClientData, jax.Array], tuple[Params, dict[str, jax.Array]]]
 
 
@@ -29,7 +29,9 @@ def for_each_client(client_update: ClientUpdate, backend: str) -> ClientRunner:
     """Maps ``client_update`` over the client axis of a round's ``ClientData``.
 
     Non-participating clients (``client_mask == 0``) get an all-zero update and zero aux,
-    under both backends.
+    under both backends. ``per_client`` is an optional pytree with leaves ``[C, ...]``
+    (e.g. each hospital's private head) passed, sliced, as the client function's last
+    argument.
 
     Args:
       client_update: the pure client function of ``make_client_update``.
@@ -40,26 +42,31 @@ def for_each_client(client_update: ClientUpdate, backend: str) -> ClientRunner:
       function meant to sit inside the jitted round, with ``"loop"`` a host function.
     """
     if backend == "vmap":
-        def run(params, client_data: ClientData, client_keys, noise_multiplier=None):
-            updates, aux = jax.vmap(client_update, in_axes=(None, 0, 0, 0, None))(
-                params, client_data.examples, client_data.example_mask, client_keys, noise_multiplier)
+        def run(params, client_data: ClientData, client_keys, noise_multiplier=None, per_client=None):
+            arguments = (params, client_data.examples, client_data.example_mask, client_keys, noise_multiplier)
+            in_axes = (None, 0, 0, 0, None)
+            if per_client is not None:
+                arguments, in_axes = arguments + (per_client,), in_axes + (0,)
+            updates, aux = jax.vmap(client_update, in_axes=in_axes)(*arguments)
             return _zero_absent(updates, aux, client_data.client_mask)
         return run
 
     if backend == "loop":
         jitted_update = jax.jit(client_update)
 
-        def run(params, client_data: ClientData, client_keys, noise_multiplier=None):
+        def run(params, client_data: ClientData, client_keys, noise_multiplier=None, per_client=None):
             client_mask = jax.device_get(client_data.client_mask)
             updates, auxes = [], []
             for index, present in enumerate(client_mask):
+                examples = jax.tree_util.tree_map(lambda a: a[index], client_data.examples)
+                extra = () if per_client is None else (jax.tree_util.tree_map(lambda a: a[index], per_client),)
+                arguments = (params, examples, client_data.example_mask[index], client_keys[index],
+                             noise_multiplier, *extra)
                 if present:
-                    examples = jax.tree_util.tree_map(lambda a: a[index], client_data.examples)
-                    update, aux = jitted_update(params, examples, client_data.example_mask[index],
-                                                client_keys[index], noise_multiplier)
-                else:
-                    update = jax.tree_util.tree_map(jnp.zeros_like, params)
-                    aux = {"num_examples": jnp.float32(0.0), "fraction_clipped": jnp.float32(0.0)}
+                    update, aux = jitted_update(*arguments)
+                else:  # same structure as a real client's, all zero, without running it
+                    update, aux = jax.tree_util.tree_map(
+                        lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(jitted_update, *arguments))  # cached trace
                 updates.append(update)
                 auxes.append(aux)
             stack = lambda *leaves: jnp.stack(leaves)

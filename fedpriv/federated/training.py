@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
-from fedpriv.federated.server import (SERVER_OPTIMIZERS, WEIGHTINGS, init_server_state,
+from fedpriv.federated.server import (SERVER_OPTIMIZERS, WEIGHTINGS, Aggregation, init_server_state,
                                       make_round, make_server_optimizer)
 from fedpriv.federated.clients import CLIENT_BACKENDS
 from fedpriv.keys import numpy_generator
@@ -34,6 +34,12 @@ class FederatedConfig:
       rounds: number of training rounds.
       clients_per_round: clients sampled uniformly without replacement each round;
         ``None`` means every client takes part (the usual cross-silo setting).
+      client_sampling_rate: ``None``, or Poisson client sampling: every client takes
+        part independently with this probability (what DP-FedAvg's accounting assumes);
+        exclusive with ``clients_per_round``.
+      private_head: model partitioning (FedPer, Arivazhagan et al. 2019, arXiv
+        1912.00818): only the feature extractor is federated; each hospital keeps and
+        trains its own head (the model's ``head_names``), which the server never sees.
       local_steps: local steps per round (1 for FedSGD).
       batch_size: examples per local step.
       local: the local optimizer.
@@ -53,8 +59,17 @@ class FederatedConfig:
     server_learning_rate: float = 1.0
     weighting: str = "examples"
     backend: str = "vmap"
+    client_sampling_rate: float | None = None
+    private_head: bool = False
 
     def __post_init__(self):
+        if self.client_sampling_rate is not None:
+            if self.clients_per_round is not None:
+                raise ValueError("set either clients_per_round (fixed-size cohorts) or client_sampling_rate "
+                                 f"(Poisson sampling), not both; got {self.clients_per_round} and "
+                                 f"{self.client_sampling_rate}")
+            if not 0 < self.client_sampling_rate <= 1:
+                raise ValueError(f"client_sampling_rate must be in (0, 1], got {self.client_sampling_rate!r}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if not (isinstance(self.rounds, int) and self.rounds >= 1):
@@ -85,11 +100,16 @@ class FederatedConfig:
                                 batch_size=self.batch_size, learning_rate=self.local.learning_rate,
                                 input_shape=model.input_shape, num_classes=model.num_classes,
                                 client_ids=client_ids, local_optimizer=self.local.optimizer,
-                                local_momentum=self.local.momentum)
+                                local_momentum=self.local.momentum,
+                                private_layers=tuple(model.head_names) if self.private_head else ())
 
 
-def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int | None) -> np.ndarray:
-    """A boolean participation mask: ``clients_per_round`` clients uniformly without replacement."""
+def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int | None,
+                   sampling_rate: float | None = None) -> np.ndarray:
+    """A boolean participation mask: ``clients_per_round`` clients uniformly without
+    replacement, or each client independently with ``sampling_rate`` (Poisson)."""
+    if sampling_rate is not None:
+        return numpy_generator(key).random(num_clients) < sampling_rate
     if clients_per_round is None or clients_per_round >= num_clients:
         return np.ones(num_clients, dtype=bool)
     chosen = numpy_generator(key).choice(num_clients, size=clients_per_round, replace=False)
@@ -112,12 +132,23 @@ class TrainingResult:
     seconds_per_round: list[float]
     rounds_run: int
     stop_reason: str = ""
+    private_heads: Params | None = None
+    round_reports: list[dict] = dataclasses.field(default_factory=list)
+
+    def hospital_params(self, model: Model, client: int) -> Params:
+        """The model hospital ``client`` uses: the global params, with its own head when
+        the model is partitioned."""
+        if self.private_heads is None:
+            return self.params
+        head = jax.tree_util.tree_map(lambda leaf: leaf[client], self.private_heads)
+        return {**self.params, **head}
 
 
 def train(*, model: Model, config: FederatedConfig, params: Params,
           round_data: Callable[[int, np.ndarray], ClientData], sampling_key: jax.Array,
           clients_key: jax.Array, num_clients: int, observe_rounds: Collection[int] = (),
-          dp_plan=None, stop_before_round: Callable[[int], str] | None = None) -> TrainingResult:
+          dp_plan=None, stop_before_round: Callable[[int], str] | None = None,
+          aggregation: Aggregation | None = None, server_key: jax.Array | None = None) -> TrainingResult:
     """Runs ``config.rounds`` rounds of federated training.
 
     Args:
@@ -134,6 +165,9 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
       stop_before_round: optional ``stop_before_round(round_index) -> reason``; a
         non-empty reason ends training before that round is run (e.g. a privacy ledger
         whose budget the round would exceed).
+      aggregation: the protocol and server-side defenses (``None``: plaintext weighted
+        mean with ``config.weighting``).
+      server_key: stream for server-side randomness (DP-FedAvg noise, screening).
 
     Returns:
       A ``TrainingResult``.
@@ -141,12 +175,25 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
     bad = [r for r in observe_rounds if not 0 <= r < config.rounds]
     if bad:
         raise ValueError(f"observe_rounds must lie in [0, {config.rounds}), got {bad}")
+    if aggregation is None:
+        aggregation = Aggregation(weighting=config.weighting)
+    fedavg_plan = aggregation.dp_fedavg
+    if fedavg_plan is not None and fedavg_plan.client_sampling_rate != (config.client_sampling_rate or 1.0):
+        raise ValueError(f"DP-FedAvg accounts for client_sampling_rate {fedavg_plan.client_sampling_rate}, but the "
+                         f"federation samples clients with client_sampling_rate={config.client_sampling_rate} "
+                         f"and clients_per_round={config.clients_per_round}")
+    if server_key is None:
+        server_key = jax.random.fold_in(clients_key, 2**31 - 1)
     client_update = make_client_update(model, config.local, dp_plan)
+    heads = None
+    if config.private_head:
+        client_update = _with_private_head(client_update, model.head_names)
+        _, head = model.split_params(params)
+        heads = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (num_clients, *leaf.shape)), head)
     server_optimizer = make_server_optimizer(config.server_optimizer, config.server_learning_rate)
-    round_function = make_round(client_update, server_optimizer, backend=config.backend,
-                                weighting=config.weighting)
+    round_function = make_round(client_update, server_optimizer, backend=config.backend, aggregation=aggregation)
     state = init_server_state(params, server_optimizer)
-    observations, observed_data, seconds = {}, {}, []
+    observations, observed_data, seconds, reports = {}, {}, [], []
     stop_reason = ""
     for round_index in range(config.rounds):
         if stop_before_round is not None:
@@ -155,25 +202,56 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
                 logger.info("training stopped before round %d: %s", round_index, stop_reason)
                 break
         participating = sample_clients(jax.random.fold_in(sampling_key, round_index), num_clients,
-                                       config.clients_per_round)
+                                       config.clients_per_round, config.client_sampling_rate)
         client_data = round_data(round_index, participating)
         client_keys = jax.random.split(jax.random.fold_in(clients_key, round_index), num_clients)
         start = time.perf_counter()
         sent_params = state.params
-        if dp_plan is None:
-            state, updates, _ = round_function(state, client_data, client_keys)
-        else:  # this round's value of the plan's noise schedule, traced: no recompilation
-            noise_multiplier = jnp.float32(dp_plan.noise_multiplier_in_round(round_index))
-            state, updates, _ = round_function(state, client_data, client_keys, noise_multiplier)
+        # This round's values of the noise schedules, traced: no recompilation.
+        noise_multiplier = None if dp_plan is None else jnp.float32(dp_plan.noise_multiplier_in_round(round_index))
+        server_noise_multiplier = (None if fedavg_plan is None
+                                   else jnp.float32(fedavg_plan.noise_multiplier_in_round(round_index)))
+        state, observed, aux = round_function(state, client_data, client_keys, noise_multiplier,
+                                              jax.random.fold_in(server_key, round_index), heads,
+                                              server_noise_multiplier)
+        if heads is not None:  # each participant keeps its own trained head
+            heads = jax.tree_util.tree_map(lambda head, update: head + update, heads, aux.pop("head_update"))
         jax.block_until_ready(state.params)
         seconds.append(time.perf_counter() - start)
+        reports.append(_round_report(aux))
         logger.info("round %d took %.2f s", round_index, seconds[-1])
         if round_index in observe_rounds:
             present = np.flatnonzero(participating)
+            if aggregation.observes_aggregate:
+                updates, client_ids = observed, ()
+            else:
+                updates = jax.tree_util.tree_map(lambda u: u[present], observed)
+                client_ids = tuple(int(c) for c in present)
             observations[round_index] = Observation(
-                params=sent_params,
-                updates=jax.tree_util.tree_map(lambda u: u[present], updates),
-                aggregated=False, round_index=round_index,
-                metadata=config.protocol(model, tuple(int(c) for c in present)))
+                params=sent_params, updates=updates, aggregated=aggregation.observes_aggregate,
+                round_index=round_index, metadata=config.protocol(model, client_ids))
             observed_data[round_index] = client_data
-    return TrainingResult(state.params, observations, observed_data, seconds, len(seconds), stop_reason)
+    return TrainingResult(state.params, observations, observed_data, seconds, len(seconds), stop_reason,
+                          private_heads=heads, round_reports=reports)
+
+
+def _with_private_head(client_update, head_names: tuple[str, ...]):
+    """The client function of a partitioned model: the client trains the global feature
+    extractor together with its own head, sends only the extractor's update and keeps
+    the head's (returned in ``aux["head_update"]``, never aggregated)."""
+    def partitioned_update(params, examples, example_mask, key, noise_multiplier=None, head=None):
+        update, aux = client_update({**params, **head}, examples, example_mask, key, noise_multiplier)
+        shared = {name: (jax.tree_util.tree_map(jnp.zeros_like, leaf) if name in head_names else leaf)
+                  for name, leaf in update.items()}
+        return shared, {**aux, "head_update": {name: update[name] for name in head_names}}
+    return partitioned_update
+
+
+def _round_report(aux: dict) -> dict:
+    """Host-side round-level counts and defense reports (per-client arrays left out)."""
+    report = {}
+    for name, value in aux.items():
+        if name in ("num_examples", "fraction_clipped", "head_update"):
+            continue
+        report[name] = jax.device_get(value)
+    return report
