@@ -45,6 +45,7 @@ def build_round_data(
     sampling_rate: float | None = None,
     participating: np.ndarray | None = None,
     generator: np.random.Generator,
+    record_tiers: np.ndarray | None = None,
 ) -> ClientData:
     """Builds the ``ClientData`` of one round.
 
@@ -61,13 +62,16 @@ def build_round_data(
         means the largest client's size.
       sampling: ``"full"``, ``"shuffle"`` or ``"poisson"`` (see the module docstring).
       sampling_rate: Poisson inclusion probability in (0, 1]; required for ``"poisson"``
-        and refused otherwise.
+        and refused otherwise. An ``[N]`` array gives each record its own rate (the
+        "sample" method of tiered DP-SGD).
       participating: optional bool ``[C]``; clients marked False take no part in the
         round: ``client_mask`` 0 and an all-padding block.
       generator: host-side generator (``fedpriv.keys.numpy_generator`` of the ``sampling``
         stream). The draws do not depend on ``participating``, so two rounds with the
         same generator state but different participants give the participants the same
         batches.
+      record_tiers: optional ``[N]`` integer sensitivity tier of each record; the
+        examples then carry it as ``"tier"`` (for a tiered DP plan).
 
     Returns:
       ``ClientData`` with ``examples = {"x": float32 (or int32 ids) [C, S, B, *input_shape],
@@ -126,14 +130,21 @@ def build_round_data(
             for client, part in enumerate(partition):
                 record_ids[client, 0, : part.size] = generator.permutation(part)
         else:
-            sampling_rate = _check_sampling_rate(sampling_rate)
+            if isinstance(sampling_rate, np.ndarray):
+                if sampling_rate.shape != images.shape[:1] or not np.all((sampling_rate > 0) & (sampling_rate <= 1)):
+                    raise ValueError(f"per-record sampling_rate must have shape [N] = ({images.shape[0]},) with "
+                                     f"every rate in (0, 1], got shape {sampling_rate.shape}")
+            else:
+                sampling_rate = _check_sampling_rate(sampling_rate)
             largest = int(sizes.max())
             candidates = np.full((num_clients, local_steps, largest), -1, dtype=np.int64)
             for client, part in enumerate(partition):
                 candidates[client, :, : part.size] = part
             # One Bernoulli draw per (client, step, slot), padding included, so the
             # stream consumed does not depend on the partition's sizes.
-            sampled = (generator.random(candidates.shape) < sampling_rate) & (candidates >= 0)
+            rates = (sampling_rate[np.maximum(candidates, 0)] if isinstance(sampling_rate, np.ndarray)
+                     else sampling_rate)
+            sampled = (generator.random(candidates.shape) < rates) & (candidates >= 0)
             capacity = max(capacity, int(sampled.sum(axis=-1).max(initial=0)))
             # Pack the sampled records to the front: a stable sort puts True first.
             order = np.argsort(~sampled, axis=-1, kind="stable")
@@ -144,7 +155,16 @@ def build_round_data(
             record_ids[..., :width] = packed[..., :width]
 
     record_ids[~participating] = -1
-    return _assemble(images, labels, record_ids, participating)
+    data = _assemble(images, labels, record_ids, participating)
+    if record_tiers is not None:
+        record_tiers = np.asarray(record_tiers)
+        if record_tiers.shape != images.shape[:1] or not np.issubdtype(record_tiers.dtype, np.integer):
+            raise ValueError(f"record_tiers must be an integer array of shape [N] = ({images.shape[0]},), got "
+                             f"shape {record_tiers.shape} and dtype {record_tiers.dtype}")
+        tiers = np.where(record_ids >= 0, record_tiers[np.maximum(record_ids, 0)], 0).astype(np.int32)
+        data = ClientData(examples={**data.examples, "tier": jnp.asarray(tiers)}, example_mask=data.example_mask,
+                          client_mask=data.client_mask, record_ids=data.record_ids)
+    return data
 
 
 def poisson_capacity(largest_client: int, sampling_rate: float, overflow_probability: float = 1e-6) -> int:

@@ -96,9 +96,18 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
     else:
         from fedpriv.defenses import per_example_gradients  # defenses sit beside federated
 
+        tiered = hasattr(dp_plan, "tier_names")  # each record clipped or sampled by its sensitivity tier
+
         def step_gradient(params, batch, mask, noise_state, noise_multiplier):
             grads = per_example_gradients(model.per_example_loss, params, batch)
-            gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier)
+            if tiered:
+                if "tier" not in batch:
+                    raise ValueError("a tiered DP plan needs each record's tier id: build the round data with "
+                                     "record_tiers so examples carry a 'tier' entry")
+                gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier,
+                                                                      example_tiers=batch["tier"])
+            else:
+                gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier)
             return gradient, noise_state, aux["fraction_clipped"]
 
     def local_step(carry, step_inputs, noise_multiplier):
