@@ -85,8 +85,8 @@ class Aggregation:
         uniformly and divides by its public expected cohort size.
       dp_fedavg: ``None`` or a ``fedpriv.defenses.DPFedAvgPlan`` (client-level DP).
       protocol: ``None`` (plaintext: the server reads every client's message) or a
-        host-side secure protocol with ``name`` and ``aggregate(messages [K, D] float32)
-        -> (sum [D], report dict)``; the server then reads only the sum.
+        host-side secure protocol with ``name`` and ``aggregate(messages [K, D] float32,
+        key) -> (sum [D], report dict)``; the server then reads only the sum.
       screen: ``None`` or ``screen(messages, client_mask, key) -> (keep [C], report)``,
         a server-side anomaly filter over per-client messages (plaintext only).
       robust_rule: ``None`` or ``rule(messages, weights [C]) -> aggregate`` replacing the
@@ -223,7 +223,8 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
             weighted_sum, total = jitted_sum(messages, weights)
             observed = messages
         else:
-            weighted_sum, total, protocol_report = _host_protocol_sum(aggregation.protocol, messages, weights)
+            weighted_sum, total, protocol_report = _host_protocol_sum(aggregation.protocol, messages, weights,
+                                                                         jax.random.fold_in(server_key, 2))
             info["protocol"] = protocol_report
             observed = jax.tree_util.tree_map(
                 lambda leaf: (leaf / jnp.where(total > 0, total, 1.0))[None], weighted_sum)
@@ -235,7 +236,7 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
     return round_function
 
 
-def _host_protocol_sum(protocol, messages: Params, weights: jax.Array):
+def _host_protocol_sum(protocol, messages: Params, weights: jax.Array, key: jax.Array):
     """Runs a secure protocol on the host over the participating clients' weighted messages.
 
     Each client multiplies its message by its weight and appends the weight, so the
@@ -250,7 +251,7 @@ def _host_protocol_sum(protocol, messages: Params, weights: jax.Array):
     if senders.size == 0:
         summed, report = np.zeros(vectors.shape[1], np.float32), {}
     else:
-        summed, report = protocol.aggregate(vectors)
+        summed, report = protocol.aggregate(vectors, key)
     summed = np.asarray(summed, np.float32)
     return unflatten(jnp.asarray(summed[:-1])), jnp.float32(summed[-1]), report
 

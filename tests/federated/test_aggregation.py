@@ -20,7 +20,7 @@ class SumInNumpy:
     def __init__(self):
         self.calls = []
 
-    def aggregate(self, vectors):
+    def aggregate(self, vectors, key):
         self.calls.append(vectors.shape)
         return vectors.astype(np.float64).sum(axis=0), {"bytes_per_client": 4 * vectors.shape[1]}
 
