@@ -87,8 +87,8 @@ class Aggregation:
       protocol: ``None`` (plaintext: the server reads every client's message) or a
         host-side secure protocol with ``name`` and ``aggregate(messages [K, D] float32,
         key) -> (sum [D], report dict)``; the server then reads only the sum.
-      screen: ``None`` or ``screen(messages, client_mask, key) -> (keep [C], report)``,
-        a server-side anomaly filter over per-client messages (plaintext only).
+      screen: ``None`` or ``screen(messages, present [C] bool, key) -> (keep [C], report)``,
+        a host-side anomaly filter over per-client messages (plaintext only).
       robust_rule: ``None`` or ``rule(messages, weights [C]) -> aggregate`` replacing the
         weighted mean (plaintext only, not with DP-FedAvg).
     """
@@ -166,11 +166,6 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
         else:
             weights = client_weights(aux, client_mask, aggregation.weighting) * finite
             messages = _mask_clients(updates, finite * present)
-        if aggregation.screen is not None:
-            keep, screen_report = aggregation.screen(messages, client_mask * finite, jax.random.fold_in(server_key, 1))
-            info["num_screened_out"] = jnp.sum(jnp.logical_and(weights > 0, jnp.logical_not(keep)))
-            info["screen"] = screen_report
-            weights = weights * keep
         return messages, weights, info
 
     def plaintext_sum(messages, weights):
@@ -193,7 +188,7 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
             raise ValueError("this round adds DP-FedAvg noise or screens updates: pass a fresh server_key")
         return jax.random.key(0) if server_key is None else server_key
 
-    if backend == "vmap" and aggregation.protocol is None:
+    if backend == "vmap" and aggregation.protocol is None and aggregation.screen is None:
         @jax.jit
         def fused_round(state, client_data, client_keys, noise_multiplier, server_key, per_client,
                         server_noise_multiplier):
@@ -219,6 +214,11 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
         server_key = check_key(server_key)
         updates, aux = run_clients(state.params, client_data, client_keys, noise_multiplier, per_client)
         messages, weights, info = jitted_prepare(updates, aux, client_data.client_mask, server_key)
+        if aggregation.screen is not None:  # host-side: the screen reports which clients and why
+            keep, info["screen"] = aggregation.screen(messages, weights > 0, jax.random.fold_in(server_key, 1))
+            keep = jnp.asarray(keep, jnp.float32)
+            info["num_screened_out"] = jnp.sum(jnp.logical_and(weights > 0, keep == 0))
+            weights = weights * keep
         if aggregation.protocol is None:
             weighted_sum, total = jitted_sum(messages, weights)
             observed = messages
