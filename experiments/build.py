@@ -12,9 +12,12 @@ from hydra.utils import instantiate
 
 from fedpriv.attacks import AttackCompilation
 from fedpriv.compilation import choose_compilation
+from fedpriv.defenses.stack import DefenseStack, DPFedAvgSettings, TierSettings
 from fedpriv.scenario import DPSGDSettings, ScenarioConfig
 
-DEFENSES = ("none", "dp_sgd")
+# The components a conf/defense/*.yaml may set (each null when off), in stack order.
+STACK_COMPONENTS = ("dp_fedavg", "tiers", "local_dp", "compression", "protocol", "screening",
+                    "robust_aggregation", "private_head")
 
 
 def resolve_impl(cfg: DictConfig) -> DictConfig:
@@ -31,19 +34,22 @@ def resolve_impl(cfg: DictConfig) -> DictConfig:
 def build_scenario(cfg: DictConfig) -> ScenarioConfig:
     """Turns the composed config into a validated ``ScenarioConfig`` (no compute yet)."""
     cfg = resolve_impl(cfg)
-    defense = cfg.defense.name
-    if defense not in DEFENSES:
-        raise ValueError(f"defense.name must be one of {DEFENSES}, got {defense!r}")
+    defense = cfg.defense
+    unknown = sorted(set(defense) - {"name", "dp_sgd", "l2_clip_norm", "noise_multiplier", *STACK_COMPONENTS})
+    if unknown:
+        raise ValueError(f"defense has unknown key(s) {unknown}; allowed: name, dp_sgd, l2_clip_norm, "
+                         f"noise_multiplier, {', '.join(STACK_COMPONENTS)}")
     dp = None
-    if defense == "dp_sgd":
-        dp = DPSGDSettings(l2_clip_norm=float(cfg.defense.l2_clip_norm),
-                           noise_multiplier=(None if cfg.defense.noise_multiplier is None
-                                             else float(cfg.defense.noise_multiplier)),
+    if defense.get("dp_sgd", False):
+        dp = DPSGDSettings(l2_clip_norm=float(defense.l2_clip_norm),
+                           noise_multiplier=(None if defense.noise_multiplier is None
+                                             else float(defense.noise_multiplier)),
                            target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
                            accountant=str(cfg.privacy.accountant),
                            schedule=OmegaConf.to_container(cfg.privacy.schedule, resolve=True),
                            stop_on_budget=bool(cfg.privacy.stop_on_budget),
                            audit_trials=int(cfg.privacy.audit_trials))
+    stack = build_defense_stack(cfg)
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
     return ScenarioConfig(
         seed=int(cfg.seed),
@@ -53,6 +59,7 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
         model_factory=instantiate(cfg.model, _convert_="all"),
         federation=instantiate(cfg.algorithm, _convert_="all"),
         dp=dp,
+        defenses=stack,
         delta=float(cfg.privacy.delta),
         attack=attack,
         attack_compilation=AttackCompilation(loop=str(cfg.impl.attack_loop),
@@ -63,6 +70,26 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
         membership=(None if cfg.attack.get("membership") is None
                     else instantiate(cfg.attack.membership, _convert_="all")),
     )
+
+
+def build_defense_stack(cfg: DictConfig) -> DefenseStack:
+    """The defense group's stack components as typed objects (null components stay off)."""
+    defense = cfg.defense
+    parts = {}
+    if defense.get("dp_fedavg") is not None:
+        settings = defense.dp_fedavg
+        parts["dp_fedavg"] = DPFedAvgSettings(
+            l2_clip_norm=float(settings.l2_clip_norm),
+            noise_multiplier=None if settings.noise_multiplier is None else float(settings.noise_multiplier),
+            target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
+            accountant=str(cfg.privacy.accountant))
+    if defense.get("tiers") is not None:
+        parts["tiers"] = TierSettings(budgets=OmegaConf.to_container(defense.tiers.budgets, resolve=True),
+                                      method=str(defense.tiers.method))
+    for name in ("local_dp", "compression", "protocol", "screening", "robust_aggregation"):
+        if defense.get(name) is not None:
+            parts[name] = instantiate(defense[name], _convert_="all")
+    return DefenseStack(name=str(defense.name), private_head=bool(defense.get("private_head", False)), **parts)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, object]:

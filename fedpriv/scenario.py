@@ -21,7 +21,10 @@ from fedpriv import metrics
 from fedpriv import privacy
 from fedpriv.attacks import (AttackCompilation, InvertingGradientsConfig, LiraConfig, invert_gradients, lira_attack,
                              loss_threshold_scores)
+from fedpriv.data.records import TokenRecords, partition_records
 from fedpriv.defenses import DPSGDPlan
+from fedpriv.defenses.stack import DefenseStack
+from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
 from fedpriv.federated import FederatedConfig, train
 from fedpriv.keys import numpy_generator, run_keys
 from fedpriv.models.base import check_input_shape
@@ -125,7 +128,9 @@ class ScenarioConfig:
       partition: how records are split into hospitals.
       model_factory: ``model_factory(input_shape=..., num_classes=...) -> Model``.
       federation: the federated protocol.
-      dp: DP-SGD settings, or ``None`` for no defense.
+      dp: DP-SGD settings, or ``None`` for no example-level DP.
+      defenses: the rest of the defense stack (DP-FedAvg, tiers, local DP, compression,
+        secure protocols, screening, robust rules, partitioning).
       delta: delta at which epsilon is reported.
       attack: the attack, or ``None`` for no attack.
       attack_compilation: how the attack is compiled.
@@ -144,6 +149,7 @@ class ScenarioConfig:
     model_factory: Callable[..., Model]
     federation: FederatedConfig
     dp: DPSGDSettings | None
+    defenses: DefenseStack = DefenseStack()
     delta: float = 1e-5
     attack: InvertingGradientsConfig | None
     attack_compilation: AttackCompilation = AttackCompilation()
@@ -169,6 +175,15 @@ class ScenarioConfig:
                              "use label_strategy 'known' (attack.config.label_strategy=known) or no attack")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.defenses.tiers is not None and self.dp is None:
+            raise ValueError("defense.tiers needs example-level DP-SGD: set defense.dp_sgd=true")
+        if self.defenses.dp_fedavg is not None and self.federation.clients_per_round is not None:
+            raise ValueError("DP-FedAvg accounts for Poisson client sampling: set algorithm.client_sampling_rate "
+                             f"(or full participation) instead of clients_per_round={self.federation.clients_per_round}")
+        if (self.attack is not None and self.defenses.private_head
+                and getattr(self.attack, "label_strategy", None) == "idlg"):
+            raise ValueError("attack label_strategy 'idlg' reads labels off the head, which model partitioning "
+                             "keeps private; use label_strategy 'known'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,10 +204,18 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     generator = numpy_generator(keys.data)
     cohort = data_lib.load_cohort(config.cohort, generator)
     train_cohort, test_cohort = data_lib.split_train_test(cohort, config.test_fraction, generator)
-    partition, train_cohort = data_lib.partition_cohort(train_cohort, config.partition, generator)
+    tokens = isinstance(cohort, TokenRecords)
+    if tokens:
+        partition = partition_records(train_cohort, config.partition, generator)
+    else:
+        partition, train_cohort = data_lib.partition_cohort(train_cohort, config.partition, generator)
     sizes = np.array([len(p) for p in partition])
-    model = config.model_factory(input_shape=cohort.input_shape, num_classes=cohort.num_classes)
+    model = config.model_factory(input_shape=cohort.input_shape, num_classes=cohort.num_classes,
+                                 **({"vocabulary_size": cohort.vocabulary_size} if tokens else {}))
     check_input_shape(model, cohort.input_shape)
+    stack = config.defenses
+    tier_names = cohort.tier_names if tokens else ("general",)
+    record_tiers = train_cohort.tiers if tokens else np.zeros(train_cohort.num_records, np.int32)
 
     plan = None
     if config.dp is not None:
@@ -200,9 +223,19 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         if sampling_rate > 1:
             raise ValueError(f"batch_size {federation.batch_size} exceeds the mean hospital size "
                              f"{np.mean(sizes):.1f}: the Poisson sampling rate would be above 1")
-        plan = config.dp.plan(sampling_rate=sampling_rate, rounds=federation.rounds,
-                              steps_per_round=federation.local_steps,
-                              expected_batch_size=float(federation.batch_size))
+        if stack.tiers is not None:
+            stack.tiers.check_cohort_tiers(tier_names)
+            plan = TieredDPSGDPlan.calibrated(
+                budgets={tier: stack.tiers.budgets[tier] for tier in tier_names}, delta=config.dp.delta,
+                method=stack.tiers.method, l2_clip_norm=config.dp.l2_clip_norm, sampling_rate=sampling_rate,
+                steps=federation.rounds * federation.local_steps, expected_batch_size=float(federation.batch_size),
+                accountant=config.dp.accountant)
+        else:
+            plan = config.dp.plan(sampling_rate=sampling_rate, rounds=federation.rounds,
+                                  steps_per_round=federation.local_steps,
+                                  expected_batch_size=float(federation.batch_size))
+    tiered = isinstance(plan, TieredDPSGDPlan)
+    record_rates = plan.record_sampling_rates(record_tiers) if tiered else None
 
     # DP-SGD's accounting assumes Poisson sampling; without DP, batches are drawn by shuffling.
     sampling = "poisson" if plan is not None else "shuffle"
@@ -213,18 +246,23 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     # Under Poisson sampling the capacity is a bound a draw exceeds with probability 1e-6
     # (larger draws grow it: exact sampling, one recompilation in that rare round).
     capacity = (federation.batch_size if plan is None
-                else data_lib.poisson_capacity(int(sizes.max()), plan.sampling_rate))
+                else data_lib.poisson_capacity(int(sizes.max()), max(plan.sampling_rates) if tiered
+                                               else plan.sampling_rate))
 
     def round_data(round_index: int, participating: np.ndarray) -> ClientData:
         return data_lib.build_round_data(
             train_cohort.images, train_cohort.labels, partition, local_steps=federation.local_steps,
-            batch_size=capacity, sampling=sampling,
-            sampling_rate=plan.sampling_rate if plan is not None else None, participating=participating,
+            batch_size=capacity, sampling=sampling, record_tiers=record_tiers if tiered else None,
+            sampling_rate=(record_rates if tiered else plan.sampling_rate) if plan is not None else None,
+            participating=participating,
             # The "sampling" stream picks hospitals; batches come from the "data" stream
             # (the cohort from its root, round r's batches from fold_in(data, r + 1)).
             generator=numpy_generator(jax.random.fold_in(keys.data, round_index + 1)))
 
     ledger = stop_before_round = None
+    if tiered and config.dp.stop_on_budget:
+        raise ValueError("privacy.stop_on_budget is not supported with defense.tiers (each tier is calibrated "
+                         "to its budget for the planned rounds)")
     if plan is not None and config.dp.stop_on_budget:
         ledger = privacy.PrivacyLedger(unit=plan.unit, budget_epsilon=config.dp.target_epsilon,
                                        delta=config.dp.delta, accountant=config.dp.accountant)
@@ -238,14 +276,26 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
             ledger.record_round(sigma, plan.sampling_rate, plan.steps_per_round)
             return ""
 
+    fedavg_plan = None
+    if stack.dp_fedavg is not None:
+        fedavg_plan = stack.dp_fedavg.plan(client_sampling_rate=federation.client_sampling_rate or 1.0,
+                                           rounds=federation.rounds, num_clients=len(partition))
+    federation = dataclasses.replace(federation, private_head=stack.private_head)
+
     observe_round = config.observe_round % federation.rounds
-    params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape)))
+    params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape), cohort.images.dtype))
     training = train(model=model, config=federation, params=params, round_data=round_data,
                      sampling_key=keys.sampling, clients_key=keys.clients, num_clients=len(partition),
                      observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan,
-                     stop_before_round=stop_before_round)
+                     stop_before_round=stop_before_round,
+                     aggregation=stack.aggregation(weighting=federation.weighting, dp_fedavg_plan=fedavg_plan),
+                     server_key=keys.noise, update_transform=stack.client_transform())
+    hospital_accuracies = [metrics.accuracy(model, training.hospital_params(model, client), test_cohort.images,
+                                            test_cohort.labels)
+                           for client in (range(len(partition)) if stack.private_head else [0])]
     results: dict[str, float | int | str] = {
-        "utility.test_accuracy": metrics.accuracy(model, training.params, test_cohort.images, test_cohort.labels),
+        # With partitioning, each hospital's own model (shared extractor + its head), averaged.
+        "utility.test_accuracy": float(np.mean(hospital_accuracies)),
         "train.seconds": float(np.sum(training.seconds_per_round)),
         "train.seconds_per_round": float(np.median(training.seconds_per_round)),
         "train.rounds_run": training.rounds_run,
@@ -261,12 +311,27 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results["privacy.unit"] = plan.unit
     elif plan is not None:
         results.update(plan.report(config.dp.delta).as_dict())
+    elif fedavg_plan is not None:
+        results.update(fedavg_plan.report(stack.dp_fedavg.delta).as_dict())
     else:
         results.update({"privacy.unit": "none", "privacy.epsilon": float("inf")})
-    if plan is not None and config.dp.audit_trials:
+    if tiered:
+        for tier, report in plan.tier_reports(config.dp.delta).items():
+            results[f"privacy.tier.{tier}.epsilon"] = report.epsilon
+            results[f"privacy.tier.{tier}.budget"] = float(stack.tiers.budgets[tier])
+            results[f"privacy.tier.{tier}.records"] = int(np.sum(record_tiers == tier_names.index(tier)))
+    if fedavg_plan is not None and plan is not None:  # both guarantees hold; the client-level one beside
+        report = fedavg_plan.report(stack.dp_fedavg.delta)
+        results["privacy.client.epsilon"] = report.epsilon
+        results["privacy.client.noise_multiplier"] = report.noise_multiplier
+    if stack.local_dp is not None:
+        results["privacy.local_dp.mechanism"] = stack.local_dp.mechanism
+        results["privacy.local_dp.epsilon_per_round"] = stack.local_dp.epsilon
+    results.update(defense_costs(stack, training, params))
+    if plan is not None and not tiered and config.dp.audit_trials:
         results.update(audit_one_step(plan, config.dp.audit_trials, config.dp.delta,
                                       jax.random.fold_in(keys.attack, 1), params))
-    if plan is not None:
+    if plan is not None and not tiered:
         results["privacy.schedule"] = config.dp.schedule["kind"]
         results["privacy.sampling_rate"] = plan.sampling_rate
         results["privacy.noise_multiplier_first_round"] = plan.noise_multiplier_in_round(0)
@@ -275,6 +340,10 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     truth = reconstructed = None
     if config.attack is not None and observe_round not in training.observations:
         results["attack.status"] = f"round {observe_round} was never run: {training.stop_reason}"
+    elif config.attack is not None and training.observations[observe_round].aggregated:
+        results["attack.status"] = ("the server observed only the aggregate of the updates "
+                                    f"({stack.protocol.name}): no per-hospital update to invert")
+        results["attack.round"] = observe_round
     elif config.attack is not None:
         observation = training.observations[observe_round]
         client_data = training.observed_data[observe_round]
@@ -299,6 +368,21 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
                                             partition[0], jax.random.fold_in(keys.attack, 2)))
     results["scenario.seconds"] = time.perf_counter() - started
     return ScenarioResult(results, truth, reconstructed)
+
+
+def defense_costs(stack: DefenseStack, training, params) -> dict:
+    """What the defenses cost per client and round, and what they screened out."""
+    plaintext = float(sum(4 * np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+    message = stack.message_bytes(params)
+    protocol_bytes = [float(report["protocol"]["bytes_per_client"]) for report in training.round_reports
+                      if "protocol" in report]
+    costs = {"defense.name": stack.name, "cost.plaintext_bytes_per_client": plaintext,
+             "cost.bytes_per_client": float(np.mean(protocol_bytes)) if protocol_bytes else message}
+    for name in ("num_dropped_nonfinite", "num_screened_out"):
+        counts = [int(report[name]) for report in training.round_reports if name in report]
+        if counts:
+            costs[f"defense.{name}"] = int(np.sum(counts))
+    return costs
 
 
 def membership_inference(config: LiraConfig, model: Model, params, train_cohort, test_cohort, hospital: np.ndarray,

@@ -44,6 +44,15 @@ def validate_observation(observation: Observation, model: Model, victims: Sequen
         raise ValueError(f"victims {bad} are not positions among the {num_observed} observed updates")
 
 
+def observed_part(update: Params, metadata) -> Params:
+    """The part of an update the server observes: without the layers each hospital keeps
+    private under model partitioning (``metadata.private_layers``), which the attacker can
+    neither see nor simulate (it only guesses them from its stale copy)."""
+    if not metadata.private_layers:
+        return update
+    return {name: leaf for name, leaf in update.items() if name not in metadata.private_layers}
+
+
 def flat_dot(a: Params, b: Params) -> jax.Array:
     return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 

@@ -148,7 +148,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
           round_data: Callable[[int, np.ndarray], ClientData], sampling_key: jax.Array,
           clients_key: jax.Array, num_clients: int, observe_rounds: Collection[int] = (),
           dp_plan=None, stop_before_round: Callable[[int], str] | None = None,
-          aggregation: Aggregation | None = None, server_key: jax.Array | None = None) -> TrainingResult:
+          aggregation: Aggregation | None = None, server_key: jax.Array | None = None,
+          update_transform: Callable | None = None) -> TrainingResult:
     """Runs ``config.rounds`` rounds of federated training.
 
     Args:
@@ -168,6 +169,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
       aggregation: the protocol and server-side defenses (``None``: plaintext weighted
         mean with ``config.weighting``).
       server_key: stream for server-side randomness (DP-FedAvg noise, screening).
+      update_transform: optional ``make(key) -> optax transform`` each client applies to
+        its update before sending it (local DP, compression), with its own key.
 
     Returns:
       A ``TrainingResult``.
@@ -185,6 +188,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
     if server_key is None:
         server_key = jax.random.fold_in(clients_key, 2**31 - 1)
     client_update = make_client_update(model, config.local, dp_plan)
+    if update_transform is not None:
+        client_update = _with_update_transform(client_update, update_transform)
     heads = None
     if config.private_head:
         client_update = _with_private_head(client_update, model.head_names)
@@ -245,6 +250,17 @@ def _with_private_head(client_update, head_names: tuple[str, ...]):
                   for name, leaf in update.items()}
         return shared, {**aux, "head_update": {name: update[name] for name in head_names}}
     return partitioned_update
+
+
+def _with_update_transform(client_update, make_transform):
+    """The client function followed by a message transform keyed by the client's own key."""
+    def transformed_update(params, examples, example_mask, key, noise_multiplier=None, *per_client):
+        training_key, transform_key = jax.random.split(key)
+        update, aux = client_update(params, examples, example_mask, training_key, noise_multiplier, *per_client)
+        transform = make_transform(transform_key)
+        update, _ = transform.update(update, transform.init(update))
+        return update, aux
+    return transformed_update
 
 
 def _round_report(aux: dict) -> dict:

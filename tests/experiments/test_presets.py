@@ -34,6 +34,8 @@ PRESET_CHANGES = {
     # iDLG is exact only for one step of batch 1; FedAvg batches need the labels as side knowledge.
     ("algorithm", "fedavg"): {"algorithm.local_steps": "2", "algorithm.batch_size": "2",
                               "attack.config.label_strategy": "known"},
+    # The head is private: labels cannot be read off it.
+    ("defense", "partitioning"): {"attack.config.label_strategy": "known"},
 }
 
 
@@ -114,15 +116,15 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
     assert metrics["model.num_params"] > 0
     assert metrics["train.seconds"] > 0
 
-    # Privacy: calibrated DP-SGD meets its budget; no defense is no guarantee.
-    if cfg.defense.name == "dp_sgd":
-        target = float(cfg.privacy.target_epsilon)
-        assert metrics["privacy.unit"] == "example"
-        assert 0.9 * target <= metrics["privacy.epsilon_rdp"] <= target + 1e-6
-        assert metrics["privacy.noise_multiplier"] > 0
-        assert metrics["privacy.steps"] == cfg.algorithm.rounds * cfg.algorithm.local_steps
-    else:
-        assert metrics["privacy.unit"] == "none" and metrics["privacy.epsilon"] == math.inf
+    # Privacy: calibrated DP meets its budget in its unit; no DP is no guarantee.
+    _check_privacy(cfg, metrics)
+    if cfg.defense.name != "none":
+        assert metrics["defense.name"] == cfg.defense.name
+        assert metrics["cost.bytes_per_client"] > 0
+        if cfg.defense.protocol is not None:  # ciphertexts and masked vectors cost more than plaintext
+            assert metrics["cost.bytes_per_client"] > metrics["cost.plaintext_bytes_per_client"]
+        if cfg.defense.compression is not None:
+            assert metrics["cost.bytes_per_client"] < metrics["cost.plaintext_bytes_per_client"]
 
     # The attack ran iff one is configured, and scored real pairs.
     if cfg.attack.config is None:
@@ -130,6 +132,8 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
         assert result.truth is None and result.reconstructed is None
     else:
         assert metrics["attack.round"] == cfg.attack.observe_round % cfg.algorithm.rounds
+        if cfg.defense.protocol is not None:
+            assert "only the aggregate" in metrics["attack.status"]
         if cfg.defense.name == "none":
             assert metrics["attack.records_scored"] >= 1
             assert math.isfinite(metrics["attack.psnr_db"]) and 0 < metrics["attack.psnr_db"] < 100
@@ -153,6 +157,29 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
         assert metrics["utility.test_accuracy"] == baseline.metrics["utility.test_accuracy"]
         np.testing.assert_allclose(metrics["attack.psnr_db"], baseline.metrics["attack.psnr_db"], rtol=1e-4)
         np.testing.assert_allclose(result.reconstructed, baseline.reconstructed, atol=1e-4)
+
+
+def _check_privacy(cfg, metrics) -> None:
+    target = float(cfg.privacy.target_epsilon)
+    if cfg.defense.tiers is not None:
+        assert metrics["privacy.unit"] == "example"
+        tiers = [key.split(".")[2] for key in metrics if key.startswith("privacy.tier.") and key.endswith(".epsilon")]
+        assert tiers
+        for tier in tiers:
+            assert metrics[f"privacy.tier.{tier}.epsilon"] <= metrics[f"privacy.tier.{tier}.budget"] + 1e-6
+    elif cfg.defense.dp_sgd:
+        assert metrics["privacy.unit"] == "example"
+        assert 0.9 * target <= metrics["privacy.epsilon_rdp"] <= target + 1e-6
+        assert metrics["privacy.noise_multiplier"] > 0
+        assert metrics["privacy.steps"] == cfg.algorithm.rounds * cfg.algorithm.local_steps
+    elif cfg.defense.dp_fedavg is not None:
+        assert metrics["privacy.unit"] == "client"
+        assert 0.9 * target <= metrics["privacy.epsilon_rdp"] <= target + 1e-6
+        assert metrics["privacy.steps"] == cfg.algorithm.rounds
+    else:
+        assert metrics["privacy.unit"] == "none" and metrics["privacy.epsilon"] == math.inf
+        if cfg.defense.local_dp is not None:
+            assert metrics["privacy.local_dp.epsilon_per_round"] == cfg.defense.local_dp.epsilon
 
 
 def _expected_num_params(cfg, num_classes: int) -> int:
