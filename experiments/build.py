@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 
 from fedpriv.attacks import AttackCompilation
 from fedpriv.compilation import choose_compilation
-from fedpriv.defenses.stack import DefenseStack, DPFedAvgSettings, TierSettings
+from fedpriv.federated.defense_stack import DefenseStack, DPFedAvgSettings, TierSettings
 from fedpriv.scenario import DPSGDSettings, ScenarioConfig
 
 # The components a conf/defense/*.yaml may set (each null when off), in stack order.

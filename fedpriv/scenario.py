@@ -23,7 +23,7 @@ from fedpriv.attacks import (AttackCompilation, InvertingGradientsConfig, LiraCo
                              loss_threshold_scores)
 from fedpriv.data.records import TokenRecords, partition_records
 from fedpriv.defenses import DPSGDPlan
-from fedpriv.defenses.stack import DefenseStack
+from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
 from fedpriv.federated import FederatedConfig, train
 from fedpriv.keys import numpy_generator, run_keys
