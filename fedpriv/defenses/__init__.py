@@ -1,23 +1,33 @@
-"""Client-side defenses (DESIGN §4): clipping, noise, and the DP plans that compose them.
+"""Defenses (DESIGN §4): DP plans, local DP, compression, secure protocols, screening.
 
-DP-SGD is composed in one place, :class:`DPSGDPlan`; the clipping and noise building
-blocks are public for plans and tests, not for computing noise stddevs by hand.
+DP is composed in one place per mechanism: :class:`DPSGDPlan` (example level),
+:class:`TieredDPSGDPlan` (example level, a budget per sensitivity tier),
+:class:`DPFedAvgPlan` (client level) and :class:`LocalDPPlan` (each client's message).
+The clipping and noise building blocks are public for plans and tests, not for computing
+noise stddevs by hand. How a round stacks the defenses is
+``fedpriv.federated.defense_stack``.
 """
 
-from fedpriv.defenses.clipping import clip_per_example
-from fedpriv.defenses.clipping import clipped_sum
-from fedpriv.defenses.clipping import per_example_global_norms
-from fedpriv.defenses.clipping import per_example_gradients
+from fedpriv.defenses.aggregation_protocols import HomomorphicProtocol, SecureAggregationProtocol
+from fedpriv.defenses.anomaly import AnomalyConfig, ScreeningReport, fit_vae_detector, screen_updates
+from fedpriv.defenses.audit_ledger import AuditEntry, AuditLedger, verify_ledger
+from fedpriv.defenses.clipping import clip_per_example, clipped_sum, per_example_global_norms, per_example_gradients
+from fedpriv.defenses.compression import CompressionPlan
+from fedpriv.defenses.dp_fedavg import DPFedAvgPlan
 from fedpriv.defenses.dp_sgd import DPSGDPlan
-from fedpriv.defenses.noise import GaussianNoiseState
-from fedpriv.defenses.noise import add_gaussian_noise
+from fedpriv.defenses.homomorphic import CKKSConfig, encrypted_sum
+from fedpriv.defenses.local_dp import LocalDPPlan
+from fedpriv.defenses.model_screening import ModelScreeningConfig, screen_model
+from fedpriv.defenses.noise import GaussianNoiseState, add_gaussian_noise
+from fedpriv.defenses.robust_aggregation import RobustAggregationConfig, robust_aggregate
+from fedpriv.defenses.secure_aggregation import SecureAggregationConfig, SecureAggregationError, secure_sum
+from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
 
 __all__ = [
-    "DPSGDPlan",
-    "GaussianNoiseState",
-    "add_gaussian_noise",
-    "clip_per_example",
-    "clipped_sum",
-    "per_example_global_norms",
-    "per_example_gradients",
+    "AnomalyConfig", "AuditEntry", "AuditLedger", "CKKSConfig", "CompressionPlan", "DPFedAvgPlan", "DPSGDPlan",
+    "GaussianNoiseState", "HomomorphicProtocol", "LocalDPPlan", "ModelScreeningConfig", "RobustAggregationConfig",
+    "ScreeningReport", "SecureAggregationConfig", "SecureAggregationError", "SecureAggregationProtocol",
+    "TieredDPSGDPlan", "add_gaussian_noise", "clip_per_example", "clipped_sum", "encrypted_sum", "fit_vae_detector",
+    "per_example_global_norms", "per_example_gradients", "robust_aggregate", "screen_model", "screen_updates",
+    "secure_sum", "verify_ledger",
 ]
