@@ -17,7 +17,7 @@ from fedpriv.scenario import DPSGDSettings, ScenarioConfig
 
 # The components a conf/defense/*.yaml may set (each null when off), in stack order.
 STACK_COMPONENTS = ("dp_fedavg", "tiers", "local_dp", "compression", "protocol", "screening",
-                    "robust_aggregation", "private_head")
+                    "robust_aggregation", "private_head", "audit_ledger")
 
 
 def resolve_impl(cfg: DictConfig) -> DictConfig:
@@ -31,8 +31,11 @@ def resolve_impl(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def build_scenario(cfg: DictConfig) -> ScenarioConfig:
-    """Turns the composed config into a validated ``ScenarioConfig`` (no compute yet)."""
+def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioConfig:
+    """Turns the composed config into a validated ``ScenarioConfig`` (no compute yet).
+
+    ``output_dir`` is the run's folder, for artifacts the scenario writes itself (the
+    audit ledger)."""
     cfg = resolve_impl(cfg)
     defense = cfg.defense
     unknown = sorted(set(defense) - {"name", "dp_sgd", "l2_clip_norm", "noise_multiplier", *STACK_COMPONENTS})
@@ -53,6 +56,7 @@ def build_scenario(cfg: DictConfig) -> ScenarioConfig:
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
     return ScenarioConfig(
         seed=int(cfg.seed),
+        output_dir=output_dir,
         cohort=instantiate(cfg.data.cohort, _convert_="all"),
         test_fraction=float(cfg.data.test_fraction),
         partition=instantiate(cfg.data.partition, _convert_="all"),
@@ -89,7 +93,8 @@ def build_defense_stack(cfg: DictConfig) -> DefenseStack:
     for name in ("local_dp", "compression", "protocol", "screening", "robust_aggregation"):
         if defense.get(name) is not None:
             parts[name] = instantiate(defense[name], _convert_="all")
-    return DefenseStack(name=str(defense.name), private_head=bool(defense.get("private_head", False)), **parts)
+    return DefenseStack(name=str(defense.name), private_head=bool(defense.get("private_head", False)),
+                        audit_ledger=bool(defense.get("audit_ledger", False)), **parts)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, object]:

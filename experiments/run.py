@@ -30,7 +30,7 @@ logger = logging.getLogger("fedpriv.run")
 def main(cfg: DictConfig) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        scenario = build_scenario(cfg)  # every config error surfaces here, before compute
+        scenario = build_scenario(cfg, str(output_dir))  # every config error surfaces here, before compute
         result = run_scenario(scenario)
     except Exception as error:
         # The job's own folder records the failure; other sweep jobs' results are untouched.

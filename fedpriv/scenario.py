@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ from fedpriv.attacks import (AttackCompilation, InvertingGradientsConfig, LiraCo
                              loss_threshold_scores)
 from fedpriv.data.records import TokenRecords, partition_records
 from fedpriv.defenses import DPSGDPlan
+from fedpriv.defenses.ledger_recorder import LedgerRecorder
 from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
 from fedpriv.federated import FederatedConfig, train
@@ -123,6 +125,7 @@ class ScenarioConfig:
 
     Attributes:
       seed: the run seed; split into named key streams.
+      output_dir: the run's folder, for the audit ledger (``None``: no artifacts).
       cohort: where the images come from.
       test_fraction: held-out share of the cohort for test accuracy, in (0, 1).
       partition: how records are split into hospitals.
@@ -143,6 +146,7 @@ class ScenarioConfig:
     """
 
     seed: int
+    output_dir: str | None = None
     cohort: data_lib.CohortSource
     test_fraction: float
     partition: data_lib.PartitionConfig
@@ -175,6 +179,13 @@ class ScenarioConfig:
                              "use label_strategy 'known' (attack.config.label_strategy=known) or no attack")
         if not 0 < self.delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if self.defenses.audit_ledger:
+            if self.dp is None and self.defenses.dp_fedavg is None:
+                raise ValueError("defense.audit_ledger records each round's DP parameters: it needs defense.dp_sgd "
+                                 "or defense.dp_fedavg")
+            if self.defenses.tiers is not None or self.output_dir is None:
+                raise ValueError("defense.audit_ledger needs a run folder (output_dir) and one plan per hospital "
+                                 "(not defense.tiers)")
         if self.defenses.tiers is not None and self.dp is None:
             raise ValueError("defense.tiers needs example-level DP-SGD: set defense.dp_sgd=true")
         if self.defenses.dp_fedavg is not None and self.federation.clients_per_round is not None:
@@ -270,10 +281,10 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         def stop_before_round(round_index: int) -> str:
             sigma = plan.noise_multiplier_in_round(round_index)
             exhausted = ledger.stop_if_would_exceed(next_round_noise_multiplier=sigma,
-                                                    sampling_rate=plan.sampling_rate, steps=plan.steps_per_round)
+                                                    sampling_rate=plan.sampling_rate, steps=federation.local_steps)
             if exhausted is not None:
                 return exhausted.reason
-            ledger.record_round(sigma, plan.sampling_rate, plan.steps_per_round)
+            ledger.record_round(sigma, plan.sampling_rate, federation.local_steps)
             return ""
 
     fedavg_plan = None
@@ -282,6 +293,23 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
                                            rounds=federation.rounds, num_clients=len(partition))
     federation = dataclasses.replace(federation, private_head=stack.private_head)
 
+    recorder = on_round = None
+    if stack.audit_ledger:
+        ledger_plan = plan if plan is not None else fedavg_plan
+        recorder = LedgerRecorder(Path(config.output_dir) / "audit_ledger.jsonl", num_clients=len(partition),
+                                  unit=ledger_plan.unit, l2_clip_norm=ledger_plan.l2_clip_norm,
+                                  delta=config.dp.delta if plan is not None else stack.dp_fedavg.delta,
+                                  accountant=config.dp.accountant if plan is not None else stack.dp_fedavg.accountant)
+
+        def on_round(round_index, participating, sent):
+            if plan is not None:  # each hospital's DP-SGD steps of the round
+                release = dict(noise_multiplier=plan.noise_multiplier_in_round(round_index),
+                               sampling_rate=plan.sampling_rate, steps=federation.local_steps)
+            else:  # the client-level release the hospital took part in
+                release = dict(noise_multiplier=fedavg_plan.noise_multiplier_in_round(round_index),
+                               sampling_rate=fedavg_plan.client_sampling_rate, steps=1)
+            recorder.record(round_index, participating, sent, **release)
+
     observe_round = config.observe_round % federation.rounds
     params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape), cohort.images.dtype))
     training = train(model=model, config=federation, params=params, round_data=round_data,
@@ -289,7 +317,7 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
                      observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan,
                      stop_before_round=stop_before_round,
                      aggregation=stack.aggregation(weighting=federation.weighting, dp_fedavg_plan=fedavg_plan),
-                     server_key=keys.noise, update_transform=stack.client_transform())
+                     server_key=keys.noise, update_transform=stack.client_transform(), on_round=on_round)
     hospital_accuracies = [metrics.accuracy(model, training.hospital_params(model, client), test_cohort.images,
                                             test_cohort.labels)
                            for client in (range(len(partition)) if stack.private_head else [0])]
@@ -328,6 +356,8 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results["privacy.local_dp.mechanism"] = stack.local_dp.mechanism
         results["privacy.local_dp.epsilon_per_round"] = stack.local_dp.epsilon
     results.update(defense_costs(stack, training, params))
+    if recorder is not None:
+        results.update(recorder.verify())
     if plan is not None and not tiered and config.dp.audit_trials:
         results.update(audit_one_step(plan, config.dp.audit_trials, config.dp.delta,
                                       jax.random.fold_in(keys.attack, 1), params))

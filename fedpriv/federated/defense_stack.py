@@ -104,6 +104,8 @@ class DefenseStack:
       screening: server-side anomaly screen, or ``None``.
       robust_aggregation: a robust rule replacing the mean, or ``None``.
       private_head: model partitioning (each hospital keeps its head).
+      audit_ledger: every hospital signs a hash-chained record of each round's release
+        (needs DP-SGD or DP-FedAvg, whose parameters the records state).
     """
 
     name: str = "none"
@@ -115,6 +117,7 @@ class DefenseStack:
     screening: AnomalyConfig | None = None
     robust_aggregation: RobustAggregationConfig | None = None
     private_head: bool = False
+    audit_ledger: bool = False
 
     def __post_init__(self):
         if self.protocol is not None and (self.screening is not None or self.robust_aggregation is not None):

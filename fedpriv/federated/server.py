@@ -229,6 +229,8 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
             observed = jax.tree_util.tree_map(
                 lambda leaf: (leaf / jnp.where(total > 0, total, 1.0))[None], weighted_sum)
         new_state = jitted_finish(state, messages, weights, weighted_sum, total, server_key, server_noise_multiplier)
+        if aggregation.protocol is not None:  # each hospital's own record of what it sent (audit ledger)
+            info["sent_messages"] = messages
         return new_state, observed, {**aux, **info}
 
     round_function.compiled_functions = tuple(

@@ -149,7 +149,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
           clients_key: jax.Array, num_clients: int, observe_rounds: Collection[int] = (),
           dp_plan=None, stop_before_round: Callable[[int], str] | None = None,
           aggregation: Aggregation | None = None, server_key: jax.Array | None = None,
-          update_transform: Callable | None = None) -> TrainingResult:
+          update_transform: Callable | None = None,
+          on_round: Callable[[int, np.ndarray, Params], None] | None = None) -> TrainingResult:
     """Runs ``config.rounds`` rounds of federated training.
 
     Args:
@@ -171,6 +172,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
       server_key: stream for server-side randomness (DP-FedAvg noise, screening).
       update_transform: optional ``make(key) -> optax transform`` each client applies to
         its update before sending it (local DP, compression), with its own key.
+      on_round: optional ``on_round(round_index, participating [C] bool, sent [C, ...])``
+        called after every round with what each hospital sent (e.g. for an audit ledger).
 
     Returns:
       A ``TrainingResult``.
@@ -223,6 +226,9 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
             heads = jax.tree_util.tree_map(lambda head, update: head + update, heads, aux.pop("head_update"))
         jax.block_until_ready(state.params)
         seconds.append(time.perf_counter() - start)
+        sent = aux.pop("sent_messages", observed)
+        if on_round is not None:
+            on_round(round_index, participating, sent)
         reports.append(_round_report(aux))
         logger.info("round %d took %.2f s", round_index, seconds[-1])
         if round_index in observe_rounds:

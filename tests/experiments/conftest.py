@@ -70,7 +70,9 @@ def _run_cached(overrides: tuple[str, ...]):
     from experiments.build import build_scenario
     from fedpriv.scenario import run_scenario
 
-    return run_scenario(build_scenario(compose_config(overrides)))
+    import tempfile  # each run its own folder, as Hydra gives each job one
+
+    return run_scenario(build_scenario(compose_config(overrides), tempfile.mkdtemp(prefix="fedpriv-smoke-")))
 
 
 def run_smoke(changes: dict[str, str] | None = None, *, fresh: bool = False):

@@ -125,6 +125,11 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
             assert metrics["cost.bytes_per_client"] > metrics["cost.plaintext_bytes_per_client"]
         if cfg.defense.compression is not None:
             assert metrics["cost.bytes_per_client"] < metrics["cost.plaintext_bytes_per_client"]
+        if cfg.defense.audit_ledger:  # one signed record per hospital and round, verified and replayed
+            assert metrics["audit_ledger.verified"] is True
+            assert metrics["audit_ledger.records"] == cfg.algorithm.rounds * cfg.data.partition.num_clients
+            np.testing.assert_allclose(metrics["audit_ledger.max_replayed_epsilon"], metrics["privacy.epsilon_rdp"],
+                                       rtol=1e-9)
 
     # The attack ran iff one is configured, and scored real pairs.
     if cfg.attack.config is None:

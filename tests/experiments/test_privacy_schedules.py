@@ -47,6 +47,13 @@ def test_ledger_stops_training_before_the_round_that_would_exceed_the_budget():
     assert metrics["privacy.epsilon_rdp"] == pytest.approx(spent, rel=1e-9)
 
 
+def test_ledger_with_a_constant_calibrated_plan_runs_every_round():
+    # Each round records its own local steps: the calibrated run spends its budget only at the end.
+    metrics = run_smoke({**COMMON, "privacy.stop_on_budget": "true", "privacy.target_epsilon": "3"}).metrics
+    assert metrics["train.rounds_run"] == ROUNDS and metrics["privacy.stopped"] is False
+    assert 0.99 * 3 <= metrics["privacy.epsilon_rdp"] <= 3.0
+
+
 def test_a_schedule_that_goes_negative_fails_before_compute():
     from experiments.build import build_scenario
     from tests.experiments.conftest import compose_smoke
