@@ -17,7 +17,7 @@ from fedpriv.scenario import DPSGDSettings, ScenarioConfig
 
 # The components a conf/defense/*.yaml may set (each null when off), in stack order.
 STACK_COMPONENTS = ("dp_fedavg", "tiers", "local_dp", "compression", "protocol", "screening",
-                    "robust_aggregation", "private_head", "audit_ledger")
+                    "robust_aggregation", "private_head", "audit_ledger", "model_screening")
 
 
 def resolve_impl(cfg: DictConfig) -> DictConfig:
@@ -69,6 +69,9 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
         attack_compilation=AttackCompilation(loop=str(cfg.impl.attack_loop),
                                               batching=str(cfg.impl.attack_batching),
                                               scan_chunk=int(cfg.impl.scan_chunk)),
+        attack_prior=(None if cfg.attack.get("prior") is None
+                      else instantiate(cfg.attack.prior, _convert_="all")),
+        public_records=int(cfg.attack.get("public_records", 512)),
         observe_round=int(cfg.attack.observe_round),
         num_victims=int(cfg.attack.num_victims),
         membership=(None if cfg.attack.get("membership") is None
@@ -90,7 +93,7 @@ def build_defense_stack(cfg: DictConfig) -> DefenseStack:
     if defense.get("tiers") is not None:
         parts["tiers"] = TierSettings(budgets=OmegaConf.to_container(defense.tiers.budgets, resolve=True),
                                       method=str(defense.tiers.method))
-    for name in ("local_dp", "compression", "protocol", "screening", "robust_aggregation"):
+    for name in ("local_dp", "compression", "protocol", "screening", "robust_aggregation", "model_screening"):
         if defense.get(name) is not None:
             parts[name] = instantiate(defense[name], _convert_="all")
     return DefenseStack(name=str(defense.name), private_head=bool(defense.get("private_head", False)),

@@ -20,8 +20,13 @@ import numpy as np
 from fedpriv import data as data_lib
 from fedpriv import metrics
 from fedpriv import privacy
-from fedpriv.attacks import (AttackCompilation, InvertingGradientsConfig, LiraConfig, invert_gradients, lira_attack,
-                             loss_threshold_scores)
+from fedpriv.attacks import AttackCompilation, LiraConfig, lira_attack, loss_threshold_scores
+from fedpriv.attacks.codes import update_noise_stddev
+from fedpriv.attacks.image_prior import ImagePriorConfig, train_image_prior
+from fedpriv.attacks.code_recovery import CodeRecoveryConfig
+from fedpriv.attacks.generative_prior import GenerativePriorConfig
+from fedpriv.attacks.imprint import ImprintConfig, make_imprint_model
+from fedpriv.attacks.tokens import TokenRecoveryConfig
 from fedpriv.data.records import TokenRecords, partition_records
 from fedpriv.defenses import DPSGDPlan
 from fedpriv.defenses.ledger_recorder import LedgerRecorder
@@ -30,7 +35,8 @@ from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
 from fedpriv.federated import FederatedConfig, train
 from fedpriv.keys import numpy_generator, run_keys
 from fedpriv.models.base import check_input_shape
-from fedpriv.typing import ClientData, Model, Reconstruction
+from fedpriv.scenario_attacks import ATTACK_CONFIGS, IMAGE_ATTACKS, run_attack
+from fedpriv.typing import ClientData, Model
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +141,11 @@ class ScenarioConfig:
       defenses: the rest of the defense stack (DP-FedAvg, tiers, local DP, compression,
         secure protocols, screening, robust rules, partitioning).
       delta: delta at which epsilon is reported.
-      attack: the attack, or ``None`` for no attack.
+      attack: the attack (one of ``fedpriv.scenario_attacks.ATTACK_CONFIGS``), or ``None``.
       attack_compilation: how the attack is compiled.
+      attack_prior: the image prior a generative-prior attack trains on public images.
+      public_records: how many public images the attacker holds (the prior's training
+        set, the imprint's bin quantiles): phantoms of other patients, never the cohort's.
       observe_round: the round the attacker records; negative counts from the end.
       num_victims: how many observed hospitals are attacked.
       membership: ``None`` or a LiRA config: membership inference against the final
@@ -155,8 +164,10 @@ class ScenarioConfig:
     dp: DPSGDSettings | None
     defenses: DefenseStack = DefenseStack()
     delta: float = 1e-5
-    attack: InvertingGradientsConfig | None
+    attack: object | None
     attack_compilation: AttackCompilation = AttackCompilation()
+    attack_prior: ImagePriorConfig | None = None
+    public_records: int = 512
     observe_round: int = -1
     num_victims: int = 1
     membership: LiraConfig | None = None
@@ -172,7 +183,18 @@ class ScenarioConfig:
         if self.attack is not None and self.num_victims < 1:
             raise ValueError("num_victims must be >= 1 when an attack is configured")
         # iDLG reads one label off the head update: caught here, not after the whole training run.
-        if (self.attack is not None and self.attack.label_strategy == "idlg"
+        if self.attack is not None and not isinstance(self.attack, ATTACK_CONFIGS):
+            raise ValueError(f"attack.config must be one of {[c.__name__ for c in ATTACK_CONFIGS]}, "
+                             f"got {type(self.attack).__name__}")
+        if self.attack is not None:
+            fits = {"ehr": CodeRecoveryConfig, "notes": TokenRecoveryConfig}.get(self.cohort.kind, IMAGE_ATTACKS)
+            if not isinstance(self.attack, fits):
+                allowed = [c.__name__ for c in (fits if isinstance(fits, tuple) else (fits,))]
+                raise ValueError(f"attack {type(self.attack).__name__} does not fit data.cohort.kind "
+                                 f"{self.cohort.kind!r}: use one of {allowed}")
+        if (self.attack_prior is None) != (not isinstance(self.attack, GenerativePriorConfig)):
+            raise ValueError("attack.prior must be set exactly when the attack is a generative-prior inversion")
+        if (self.attack is not None and getattr(self.attack, "label_strategy", None) == "idlg"
                 and self.federation.local_steps * self.federation.batch_size != 1):
             raise ValueError("attack label_strategy 'idlg' needs one local step of batch 1, got local_steps="
                              f"{self.federation.local_steps}, batch_size={self.federation.batch_size}; "
@@ -224,6 +246,22 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     model = config.model_factory(input_shape=cohort.input_shape, num_classes=cohort.num_classes,
                                  **({"vocabulary_size": cohort.vocabulary_size} if tokens else {}))
     check_input_shape(model, cohort.input_shape)
+    public_images = prior = None
+    if isinstance(config.attack, (ImprintConfig,)) or config.attack_prior is not None:
+        # Public knowledge of the attacker: phantoms of other patients (never the cohort's).
+        public_images = data_lib.make_phantom_cohort(
+            config.public_records, cohort.input_shape[0], numpy_generator(jax.random.fold_in(keys.attack, 3)),
+            num_classes=min(cohort.num_classes, 5)).images
+    if isinstance(config.attack, ImprintConfig):  # the malicious server crafts the model it sends
+        attack = config.attack
+        model, _ = make_imprint_model(model, bins=attack.bins, measurement=attack.measurement,
+                                      public_inputs=public_images, key=jax.random.fold_in(keys.attack, 4),
+                                      output_scale=attack.output_scale, gain=attack.gain,
+                                      lowest_level=attack.lowest_level)
+    if config.attack_prior is not None:
+        prior_started = time.perf_counter()
+        prior = train_image_prior(public_images, config.attack_prior, jax.random.fold_in(keys.attack, 5))
+        prior_seconds = time.perf_counter() - prior_started
     stack = config.defenses
     tier_names = cohort.tier_names if tokens else ("general",)
     record_tiers = train_cohort.tiers if tokens else np.zeros(train_cohort.num_records, np.int32)
@@ -293,6 +331,7 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
                                            rounds=federation.rounds, num_clients=len(partition))
     federation = dataclasses.replace(federation, private_head=stack.private_head)
 
+    accept_model, refusals = stack.model_screen(len(partition))
     recorder = on_round = None
     if stack.audit_ledger:
         ledger_plan = plan if plan is not None else fedavg_plan
@@ -317,7 +356,8 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
                      observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan,
                      stop_before_round=stop_before_round,
                      aggregation=stack.aggregation(weighting=federation.weighting, dp_fedavg_plan=fedavg_plan),
-                     server_key=keys.noise, update_transform=stack.client_transform(), on_round=on_round)
+                     server_key=keys.noise, update_transform=stack.client_transform(), on_round=on_round,
+                     accept_model=accept_model)
     hospital_accuracies = [metrics.accuracy(model, training.hospital_params(model, client), test_cohort.images,
                                             test_cohort.labels)
                            for client in (range(len(partition)) if stack.private_head else [0])]
@@ -356,6 +396,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         results["privacy.local_dp.mechanism"] = stack.local_dp.mechanism
         results["privacy.local_dp.epsilon_per_round"] = stack.local_dp.epsilon
     results.update(defense_costs(stack, training, params))
+    if stack.model_screening is not None:
+        results["defense.models_refused"] = len(refusals)
+        results["defense.first_refusal"] = "; ".join(refusals[0][2]) if refusals else ""
     if recorder is not None:
         results.update(recorder.verify())
     if plan is not None and not tiered and config.dp.audit_trials:
@@ -370,34 +413,60 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     truth = reconstructed = None
     if config.attack is not None and observe_round not in training.observations:
         results["attack.status"] = f"round {observe_round} was never run: {training.stop_reason}"
-    elif config.attack is not None and training.observations[observe_round].aggregated:
+    elif (config.attack is not None and training.observations[observe_round].aggregated
+          and not isinstance(config.attack, ImprintConfig)):
         results["attack.status"] = ("the server observed only the aggregate of the updates "
                                     f"({stack.protocol.name}): no per-hospital update to invert")
         results["attack.round"] = observe_round
-    elif config.attack is not None:
+    elif config.attack is not None and training.observations[observe_round].aggregated:
+        # The imprint reads records off the SUM: every participant's records are the victims'.
         observation = training.observations[observe_round]
         client_data = training.observed_data[observe_round]
-        victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
-        victim_clients = [observation.metadata.client_ids[v] for v in victims]
-        labels = None
-        if config.attack.label_strategy == "known":
-            labels = np.asarray(client_data.examples["y"])[victim_clients]
-        attack_started = time.perf_counter()
-        reconstruction = invert_gradients(observation, model, config.attack, keys.attack, victims=victims,
-                                          labels=labels, compilation=config.attack_compilation)
-        attack_seconds = time.perf_counter() - attack_started
-        scores, truth, reconstructed = score_reconstruction(reconstruction, client_data, victim_clients,
-                                                            partition, train_cohort)
+        merged, merged_partition = merge_participants(client_data, partition)
+        observation = dataclasses.replace(observation, metadata=dataclasses.replace(observation.metadata,
+                                                                                     client_ids=(0,)))
+        scores, truth, reconstructed = run_attack(
+            config.attack, observation=observation, client_data=merged, model=model, victims=[0], key=keys.attack,
+            compilation=config.attack_compilation, cohort=train_cohort, partition=merged_partition)
         results.update(scores)
-        results["attack.seconds"] = attack_seconds
-        results["attack.seconds_per_iteration"] = attack_seconds / (
-            config.attack.iterations * config.attack.restarts * len(victims))
         results["attack.round"] = observe_round
+    elif config.attack is not None and not training.observations[observe_round].metadata.client_ids:
+        # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
+        results.update({"attack.status": f"no hospital sent an update in round {observe_round}",
+                        "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0, "attack.round": observe_round})
+    elif config.attack is not None:
+        observation = training.observations[observe_round]
+        victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
+        noise_stddev = 0.0
+        if plan is not None:  # the public per-coordinate noise in one DP-SGD update
+            sum_stddev = (plan.noise_stddev if tiered
+                          else plan.noise_multiplier_in_round(observe_round) * plan.l2_clip_norm)
+            noise_stddev = update_noise_stddev(sum_stddev, plan.expected_batch_size,
+                                               learning_rate=federation.local.learning_rate,
+                                               local_steps=federation.local_steps)
+        scores, truth, reconstructed = run_attack(
+            config.attack, observation=observation, client_data=training.observed_data[observe_round], model=model,
+            victims=victims, key=keys.attack, compilation=config.attack_compilation, cohort=train_cohort,
+            partition=partition, prior=prior, noise_stddev=noise_stddev)
+        results.update(scores)
+        results["attack.round"] = observe_round
+        if prior is not None:
+            results["attack.prior_training_seconds"] = prior_seconds
     if config.membership is not None:
         results.update(membership_inference(config.membership, model, training.params, train_cohort, test_cohort,
                                             partition[0], jax.random.fold_in(keys.attack, 2)))
     results["scenario.seconds"] = time.perf_counter() - started
     return ScenarioResult(results, truth, reconstructed)
+
+
+def merge_participants(client_data: ClientData, partition: list[np.ndarray]) -> tuple[ClientData, list[np.ndarray]]:
+    """The round's participants as ONE client (what an aggregate mixes), and its hospital."""
+    present = np.flatnonzero(np.asarray(client_data.client_mask) > 0)
+    flat = lambda a: np.asarray(a)[present].reshape(1, 1, -1, *np.asarray(a).shape[3:])
+    merged = ClientData(examples={name: jnp.asarray(flat(value)) for name, value in client_data.examples.items()},
+                        example_mask=jnp.asarray(flat(client_data.example_mask)), client_mask=jnp.ones(1),
+                        record_ids=jnp.asarray(flat(client_data.record_ids)))
+    return merged, [np.concatenate([partition[c] for c in present])]
 
 
 def defense_costs(stack: DefenseStack, training, params) -> dict:
@@ -462,58 +531,3 @@ def audit_one_step(plan: DPSGDPlan, trials: int, delta: float, key: jax.Array, p
                                            threshold_selection="split")
     accountant_epsilon = one_step.report(delta).epsilon if weakest > 0 else float("inf")
     return privacy.audit_report(result, accountant_epsilon)
-
-
-def score_reconstruction(reconstruction: Reconstruction, client_data: ClientData, victim_clients: list[int],
-                         partition: list[np.ndarray], cohort) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Scores each victim's reconstruction against the records it really used that round.
-
-    Reconstructions and true records are paired by best match (Hungarian on MSE); under
-    Poisson sampling the two sets may differ in size and only matched pairs are scored.
-    """
-    psnrs, ssims, mses, reidentified, pairs_truth, pairs_recon = [], [], [], [], [], []
-    label_hits = label_total = 0
-    for position, client in enumerate(victim_clients):
-        mask = np.asarray(client_data.example_mask[client]).reshape(-1) > 0
-        true_images = np.asarray(client_data.examples["x"][client]).reshape(-1, *cohort.input_shape)[mask]
-        true_ids = np.asarray(client_data.record_ids[client]).reshape(-1)[mask]
-        true_labels = np.asarray(client_data.examples["y"][client]).reshape(-1)[mask]
-        recon = reconstruction.inputs[position].reshape(-1, *cohort.input_shape)
-        recon_labels = reconstruction.labels[position].reshape(-1)
-        if true_images.shape[0] == 0:
-            continue
-        if recon.shape[0] <= true_images.shape[0]:
-            recon_index = np.arange(recon.shape[0])
-            truth_index = metrics.best_match(recon, true_images)
-        else:
-            truth_index = np.arange(true_images.shape[0])
-            recon_index = metrics.best_match(true_images, recon)
-        matched_recon, matched_truth = recon[recon_index], true_images[truth_index]
-        psnrs.append(np.asarray(metrics.psnr(matched_recon, matched_truth)))
-        ssims.append(np.asarray(metrics.ssim(matched_recon, matched_truth)))
-        mses.append(np.asarray(metrics.mse(matched_recon, matched_truth)))
-        hospital = partition[client]
-        reidentified.append(metrics.reidentification_rate(matched_recon, true_ids[truth_index],
-                                                          cohort.images[hospital], hospital) * len(recon_index))
-        label_hits += int(np.sum(recon_labels[recon_index] == true_labels[truth_index]))
-        label_total += len(recon_index)
-        pairs_truth.append(matched_truth)
-        pairs_recon.append(matched_recon)
-    if label_total == 0:
-        nan = float("nan")
-        return ({"attack.psnr_db": nan, "attack.ssim": nan, "attack.mse": nan, "attack.label_accuracy": nan,
-                 "attack.reidentification_rate": nan, "attack.records_scored": 0}, None, None)
-    psnr_all = np.concatenate(psnrs)
-    scores = {
-        "attack.psnr_db": float(np.mean(np.minimum(psnr_all, 100.0))),  # exact copies are capped at 100 dB
-        "attack.psnr_db_best": float(np.max(np.minimum(psnr_all, 100.0))),
-        "attack.ssim": float(np.mean(np.concatenate(ssims))),
-        "attack.mse": float(np.mean(np.concatenate(mses))),
-        "attack.label_accuracy": label_hits / label_total,
-        "attack.reidentification_rate": float(np.sum(reidentified) / label_total),
-        "attack.records_scored": int(label_total),
-    }
-    width = max(p.shape[0] for p in pairs_truth)
-    pad = lambda arrays: np.stack([np.concatenate([a, np.zeros((width - a.shape[0], *a.shape[1:]), a.dtype)])
-                                   for a in arrays])
-    return scores, pad(pairs_truth), pad(pairs_recon)

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedpriv.attacks.common import cosine_distance, squared_distance, total_variation, validate_observation
+from fedpriv.attacks.common import (cosine_distance, observed_part, squared_distance, total_variation,
+                                    validate_observation)
 from fedpriv.attacks.labels import idlg_labels
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
@@ -118,18 +119,42 @@ def _learning_rate_schedule(config: InvertingGradientsConfig):
     return optax.piecewise_constant_schedule(config.learning_rate, boundaries)
 
 
-def _make_objective(model: Model, metadata: ProtocolMetadata, config: InvertingGradientsConfig):
+def make_gradient_matching_objective(model: Model, metadata: ProtocolMetadata, *, distance: str = "cosine",
+                                     tv_weight: float = 0.0):
+    """The gradient-matching objective of Inverting Gradients, shared by attacks that
+    search another space (e.g. a generative prior's latents) but match the same way.
+
+    Args:
+      model: the model the federation trains.
+      metadata: the public protocol; the simulated update is the hospitals' own client
+        function (``make_client_update``) built from it.
+      distance: ``"cosine"`` (IG) or ``"l2"`` (DLG).
+      tv_weight: weight of the total-variation prior on the inputs.
+
+    Returns:
+      ``objective(inputs [S, B, ...], labels [S, B], target update, params) ->
+      (matching + tv_weight * TV(inputs), matching)``.
+
+    References:
+      Geiping et al. 2020, arXiv 2003.14053; Zhu et al. 2019, arXiv 1906.08935.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
     simulate = make_client_update(model, LocalTrainingConfig(
         learning_rate=metadata.learning_rate, optimizer=metadata.local_optimizer, momentum=metadata.local_momentum))
     mask = jnp.ones((metadata.local_steps, metadata.batch_size), jnp.float32)
-    distance = cosine_distance if config.distance == "cosine" else squared_distance
+    distance_fn = cosine_distance if distance == "cosine" else squared_distance
 
     def objective(inputs, labels, target, params):
         update, _ = simulate(params, {"x": inputs, "y": labels}, mask, jax.random.key(0))
-        matching = distance(update, target)
-        return matching + config.tv_weight * total_variation(inputs), matching
+        matching = distance_fn(observed_part(update, metadata), observed_part(target, metadata))
+        return matching + tv_weight * total_variation(inputs), matching
 
     return objective
+
+
+def _make_objective(model: Model, metadata: ProtocolMetadata, config: InvertingGradientsConfig):
+    return make_gradient_matching_objective(model, metadata, distance=config.distance, tv_weight=config.tv_weight)
 
 
 @functools.lru_cache(maxsize=16)

@@ -22,6 +22,7 @@ from fedpriv.defenses.anomaly import AnomalyConfig, screen_updates
 from fedpriv.defenses.compression import CompressionPlan
 from fedpriv.defenses.dp_fedavg import DPFedAvgPlan
 from fedpriv.defenses.local_dp import LocalDPPlan
+from fedpriv.defenses.model_screening import ModelHistory, ModelScreeningConfig, record_model, screen_model
 from fedpriv.defenses.robust_aggregation import RobustAggregationConfig, robust_aggregate
 from fedpriv.federated.server import Aggregation
 from fedpriv.privacy import _validation
@@ -106,6 +107,8 @@ class DefenseStack:
       private_head: model partitioning (each hospital keeps its head).
       audit_ledger: every hospital signs a hash-chained record of each round's release
         (needs DP-SGD or DP-FedAvg, whose parameters the records state).
+      model_screening: each hospital screens the model it receives (duplicated units,
+        outlying unit norms, abrupt changes) and refuses to train on a crafted one.
     """
 
     name: str = "none"
@@ -118,6 +121,7 @@ class DefenseStack:
     robust_aggregation: RobustAggregationConfig | None = None
     private_head: bool = False
     audit_ledger: bool = False
+    model_screening: ModelScreeningConfig | None = None
 
     def __post_init__(self):
         if self.protocol is not None and (self.screening is not None or self.robust_aggregation is not None):
@@ -159,6 +163,29 @@ class DefenseStack:
         # every client's message counts once.
         return Aggregation(weighting="uniform" if self.protocol is not None else weighting,
                            dp_fedavg=dp_fedavg_plan, protocol=self.protocol, screen=screen, robust_rule=robust_rule)
+
+    def model_screen(self, num_clients: int):
+        """``(accept_model, refusals)`` for ``train``: every hospital keeps its own history of
+        accepted models; ``refusals`` collects ``(round, client, reasons)``. ``(None, [])``
+        without screening."""
+        if self.model_screening is None:
+            return None, []
+        histories = [ModelHistory() for _ in range(num_clients)]
+        refusals: list[tuple[int, int, tuple[str, ...]]] = []
+        config = self.model_screening
+
+        def accept_model(round_index, participating, params):
+            host_params = jax.device_get(params)
+            accepted = np.zeros(num_clients, bool)
+            for client in np.flatnonzero(participating):
+                report = screen_model(host_params, histories[client], config)
+                if report.accepted:
+                    histories[client] = record_model(histories[client], host_params)
+                    accepted[client] = True
+                else:
+                    refusals.append((round_index, int(client), report.reasons))
+            return accepted
+        return accept_model, refusals
 
     def message_bytes(self, params: Params) -> float:
         """Bytes one client's message takes before the protocol: compressed or float32."""

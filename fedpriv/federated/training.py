@@ -150,7 +150,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
           dp_plan=None, stop_before_round: Callable[[int], str] | None = None,
           aggregation: Aggregation | None = None, server_key: jax.Array | None = None,
           update_transform: Callable | None = None,
-          on_round: Callable[[int, np.ndarray, Params], None] | None = None) -> TrainingResult:
+          on_round: Callable[[int, np.ndarray, Params], None] | None = None,
+          accept_model: Callable[[int, np.ndarray, Params], np.ndarray] | None = None) -> TrainingResult:
     """Runs ``config.rounds`` rounds of federated training.
 
     Args:
@@ -174,6 +175,9 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
         its update before sending it (local DP, compression), with its own key.
       on_round: optional ``on_round(round_index, participating [C] bool, sent [C, ...])``
         called after every round with what each hospital sent (e.g. for an audit ledger).
+      accept_model: optional ``accept_model(round_index, participating, sent_params) ->
+        [C] bool``: each sampled hospital screens the model it received and refuses to
+        train on it (client-side screening); refusing hospitals sit the round out.
 
     Returns:
       A ``TrainingResult``.
@@ -211,6 +215,8 @@ def train(*, model: Model, config: FederatedConfig, params: Params,
                 break
         participating = sample_clients(jax.random.fold_in(sampling_key, round_index), num_clients,
                                        config.clients_per_round, config.client_sampling_rate)
+        if accept_model is not None:
+            participating = participating & np.asarray(accept_model(round_index, participating, state.params), bool)
         client_data = round_data(round_index, participating)
         client_keys = jax.random.split(jax.random.fold_in(clients_key, round_index), num_clients)
         start = time.perf_counter()

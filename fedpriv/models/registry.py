@@ -7,9 +7,11 @@ from collections.abc import Callable
 
 from fedpriv.models.base import check_input_shape
 from fedpriv.models.convnet import convnet
+from fedpriv.models.embedding_bag import embedding_bag
 from fedpriv.models.lenet import lenet
 from fedpriv.models.mlp import mlp
 from fedpriv.models.resnet import resnet
+from fedpriv.models.transformer import transformer
 from fedpriv.typing import Model
 
 _BUILDERS: dict[str, Callable[..., Model]] = {
@@ -17,6 +19,8 @@ _BUILDERS: dict[str, Callable[..., Model]] = {
     "lenet": lenet,
     "convnet": convnet,
     "resnet": resnet,
+    "embedding_bag": embedding_bag,
+    "transformer": transformer,
 }
 MODEL_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
@@ -36,7 +40,9 @@ def make_model(name: str, *, input_shape: tuple[int, ...], num_classes: int, **o
     (``jax.eval_shape``, no FLOPs) on one example of ``input_shape``.
 
     Args:
-      name: one of ``MODEL_NAMES``: ``"mlp"``, ``"lenet"``, ``"convnet"``, ``"resnet"``.
+      name: one of ``MODEL_NAMES``: ``"mlp"``, ``"lenet"``, ``"convnet"``, ``"resnet"``,
+        ``"embedding_bag"`` (EHR code bags) or ``"transformer"`` (clinical notes); the
+        last two need ``vocabulary_size``.
       input_shape: shape of one example, e.g. ``(32, 32, 1)``.
       num_classes: number of classes.
       **options: the builder's keyword options (``model_options(name)`` lists them), e.g.
