@@ -89,7 +89,7 @@ def build_defense_stack(cfg: DictConfig) -> DefenseStack:
             l2_clip_norm=float(settings.l2_clip_norm),
             noise_multiplier=None if settings.noise_multiplier is None else float(settings.noise_multiplier),
             target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
-            accountant=str(cfg.privacy.accountant))
+            accountant=str(cfg.privacy.accountant), audit_trials=int(cfg.privacy.audit_trials))
     if defense.get("tiers") is not None:
         parts["tiers"] = TierSettings(budgets=OmegaConf.to_container(defense.tiers.budgets, resolve=True),
                                       method=str(defense.tiers.method))

@@ -28,7 +28,7 @@ from fedpriv.attacks.generative_prior import GenerativePriorConfig
 from fedpriv.attacks.imprint import ImprintConfig, make_imprint_model
 from fedpriv.attacks.tokens import TokenRecoveryConfig
 from fedpriv.data.records import TokenRecords, partition_records
-from fedpriv.defenses import DPSGDPlan
+from fedpriv.defenses import DPFedAvgPlan, DPSGDPlan
 from fedpriv.defenses.ledger_recorder import LedgerRecorder
 from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.defenses.tiered_dp_sgd import TieredDPSGDPlan
@@ -404,6 +404,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     if plan is not None and not tiered and config.dp.audit_trials:
         results.update(audit_one_step(plan, config.dp.audit_trials, config.dp.delta,
                                       jax.random.fold_in(keys.attack, 1), params))
+    elif fedavg_plan is not None and stack.dp_fedavg.audit_trials:
+        results.update(audit_one_step(fedavg_plan, stack.dp_fedavg.audit_trials, stack.dp_fedavg.delta,
+                                      jax.random.fold_in(keys.attack, 1), params))
     if plan is not None and not tiered:
         results["privacy.schedule"] = config.dp.schedule["kind"]
         results["privacy.sampling_rate"] = plan.sampling_rate
@@ -514,18 +517,24 @@ def membership_inference(config: LiraConfig, model: Model, params, train_cohort,
     return results
 
 
-def audit_one_step(plan: DPSGDPlan, trials: int, delta: float, key: jax.Array, params) -> dict:
-    """White-box canary audit of one step of ``plan``'s DP-SGD code at its weakest round.
+def audit_one_step(plan, trials: int, delta: float, key: jax.Array, params) -> dict:
+    """White-box canary audit of one release of ``plan``'s code at its weakest round.
 
     Runs the plan's own ``private_gradient`` (clip, noise on the sum) with and without a
-    canary gradient of norm ``l2_clip_norm`` in a model-sized parameter space, and states
-    the Clopper-Pearson lower bound (95 %, split threshold) beside the accountant's
-    epsilon for that one release (q = 1): a lower bound above it means the noise code
-    does not do what the plan accounts for.
+    canary of norm ``l2_clip_norm`` in a model-sized parameter space — a canary example
+    for DP-SGD, a canary client update for DP-FedAvg — and states the Clopper-Pearson
+    lower bound (95 %, split threshold) beside the accountant's epsilon for that one
+    release (q = 1): a lower bound above it means the noise code does not do what the
+    plan accounts for.
     """
-    weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.steps // plan.steps_per_round))
-    one_step = DPSGDPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, sampling_rate=1.0, steps=1,
-                         expected_batch_size=plan.expected_batch_size)
+    if isinstance(plan, DPFedAvgPlan):
+        weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.rounds))
+        one_step = DPFedAvgPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, client_sampling_rate=1.0,
+                                rounds=1, expected_clients_per_round=plan.expected_clients_per_round)
+    else:
+        weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.steps // plan.steps_per_round))
+        one_step = DPSGDPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, sampling_rate=1.0, steps=1,
+                             expected_batch_size=plan.expected_batch_size)
     canary_trials = privacy.run_gradient_canary_trials(one_step, trials, key, params_template=params)
     result = privacy.clopper_pearson_audit(canary_trials.present_scores, canary_trials.absent_scores, delta=delta,
                                            threshold_selection="split")

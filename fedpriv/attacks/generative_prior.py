@@ -40,10 +40,10 @@ import optax
 
 from fedpriv.attacks.common import validate_observation
 from fedpriv.attacks.image_prior import ImagePrior, make_decode
-from fedpriv.attacks.inverting_gradients import DISTANCES, LABEL_STRATEGIES, AttackCompilation, \
-    make_gradient_matching_objective
+from fedpriv.attacks.inverting_gradients import (DISTANCES, LABEL_STRATEGIES, AttackCompilation,
+                                                 make_gradient_matching_objective)
 from fedpriv.attacks.labels import idlg_labels
-from fedpriv.typing import Model, Observation, Reconstruction
+from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -64,6 +64,12 @@ class GenerativePriorConfig:
       latent_init_std: standard deviation of the initial latents, > 0.
       label_strategy: ``"known"`` (labels given as side knowledge) or ``"idlg"``.
       record_every: record the objective every this many iterations.
+
+    Raises:
+      ValueError: on construction, naming the field, the value and what is allowed.
+
+    References:
+      Jeon et al. 2021, arXiv 2110.14962 (GI-z then GI-w).
     """
 
     latent_iterations: int = 1000
@@ -136,7 +142,7 @@ def _runner(step, compilation: AttackCompilation):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_programs(model: Model, metadata, prior_spec, config: GenerativePriorConfig,
+def _compiled_programs(model: Model, metadata: ProtocolMetadata, prior_spec, config: GenerativePriorConfig,
                        compilation: AttackCompilation):
     """The jitted programs of one attack setting, cached so other victims and rounds reuse them."""
     objective = make_gradient_matching_objective(model, metadata, distance=config.distance,

@@ -67,6 +67,9 @@ class ImagePriorConfig:
       batch_size: images per step, drawn uniformly with replacement.
       learning_rate: Adam step size.
       kl_weight: weight of the KL term (1 is the ELBO; < 1 gives sharper decodes).
+
+    Raises:
+      ValueError: on construction, naming the field, the value and what is allowed.
     """
 
     latent_dim: int = 32

@@ -6,6 +6,10 @@ the label. A client update is ``-learning_rate * gradient``, so the label is the
 positive entry of the bias update. Without a bias, the head kernel's gradient is
 ``h (p - onehot(y))^T`` with non-negative features ``h`` (ReLU/sigmoid), so the label's
 column sum has the opposite sign of all others.
+
+Batches hide which example carries which label but not how many carry each: LLG+
+(Wainakh et al. 2022, arXiv 2105.09369) and an iLRG-style linear solve (Ma et al. 2023,
+arXiv 2211.12044) recover the per-class counts from a FedSGD update.
 """
 
 from __future__ import annotations
@@ -95,7 +99,11 @@ def _fedsgd_head_gradients(observation: Observation, model: Model, positions, *,
 
 
 def round_counts(estimates: np.ndarray, total: int) -> np.ndarray:
-    """Non-negative integers summing to ``total`` closest to ``estimates`` (largest remainder).
+    """Non-negative integers summing to ``total`` that follow ``estimates``.
+
+    Each of the ``total`` units goes in turn to the class whose (clipped) estimate most
+    exceeds its count so far, so an estimate within 0.5 of an integer vector with the
+    right total rounds to it.
 
     Args:
       estimates: ``[..., K]`` real-valued count estimates.
@@ -112,8 +120,6 @@ def round_counts(estimates: np.ndarray, total: int) -> np.ndarray:
     flat = estimates.reshape(-1, estimates.shape[-1])
     counts = np.zeros(flat.shape, np.int64)
     for row, estimate in enumerate(flat):
-        # Greedy: each unit goes to the class whose estimate exceeds its current count most,
-        # which is the largest-remainder rounding under the sum constraint.
         for _ in range(int(total)):
             counts[row, int(np.argmax(estimate - counts[row]))] += 1
     return counts.reshape(estimates.shape).astype(np.int32)

@@ -51,7 +51,8 @@ DISTANCES = ("cosine", "l2")
 LABEL_STRATEGIES = ("known", "idlg")
 # Relaxed bags are padded to a multiple of this, so victims with similar bags share programs.
 _BAG_BUCKET = 16
-_MOVE_BUCKET = 64
+# Discrete candidates are scored this many at a time by one compiled program.
+_SCORE_CHUNK = 64
 _NEGATIVE = -1e9
 
 
@@ -233,11 +234,12 @@ def _programs(model: Model, metadata: ProtocolMetadata, config: TokenRecoveryCon
                                            length=config.iterations)
         return jnp.where(candidate_mask, logits, _NEGATIVE), values
 
-    def score_many(token_ids, labels, target, params):
-        # token_ids [M, S, B, L]; lax.map in chunks bounds the memory of M simulations.
-        return jax.lax.map(lambda ids: matching(ids, labels, target, params), token_ids, batch_size=32)
+    def score_chunk(token_ids, labels, target, params):
+        # token_ids [_SCORE_CHUNK, S, B, L]; vmapped halves bound the memory of the simulations.
+        return jax.lax.map(lambda ids: matching(ids, labels, target, params), token_ids,
+                           batch_size=_SCORE_CHUNK // 2)
 
-    return types.SimpleNamespace(run=jax.jit(run), score_many=jax.jit(score_many))
+    return types.SimpleNamespace(run=jax.jit(run), score_chunk=jax.jit(score_chunk))
 
 
 def _search_moves(ids: np.ndarray, free: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -345,7 +347,7 @@ def recover_tokens(observation: Observation, model: Model, config: TokenRecovery
                                           jnp.asarray(candidate_mask), victim_labels, target, observation.params)
             victim_traces.append(np.asarray(values)[:: config.record_every])
             ids = np.where(free, padded_candidates[np.asarray(jnp.argmax(logits, axis=-1))], PAD_ID).astype(np.int32)
-            value = float(programs.score_many(jnp.asarray(ids[None]), victim_labels, target, observation.params)[0])
+            value = float(_score(programs, ids[None], ids, victim_labels, target, observation.params)[0])
             if config.discrete_search:
                 ids, value = _discrete_search(programs, ids, value, free, candidates, victim_labels, target,
                                               observation.params, config, numpy_generator(restart_key))
@@ -359,6 +361,18 @@ def recover_tokens(observation: Observation, model: Model, config: TokenRecovery
                           victims=victims)
 
 
+def _score(programs, notes, filler, labels, target, params) -> np.ndarray:
+    """Gradient distances of ``notes [M, S, B, L]``, scored in fixed chunks (the last one
+    filled up with copies of ``filler``), so every round of every victim reuses one
+    compiled program."""
+    count = notes.shape[0]
+    total = -(-count // _SCORE_CHUNK) * _SCORE_CHUNK
+    padded = np.concatenate([notes, np.broadcast_to(filler, (total - count, *filler.shape))])
+    scores = [programs.score_chunk(jnp.asarray(padded[start:start + _SCORE_CHUNK]), labels, target, params)
+              for start in range(0, total, _SCORE_CHUNK)]
+    return np.concatenate([np.asarray(chunk) for chunk in scores])[:count]
+
+
 def _discrete_search(programs, ids, value, free, candidates, labels, target, params, config, generator):
     """Greedy descent over swaps and replacements, one accepted move per round."""
     for _ in range(config.search_rounds):
@@ -367,13 +381,7 @@ def _discrete_search(programs, ids, value, free, candidates, labels, target, par
             break
         if moves.shape[0] > config.search_moves:
             moves = moves[np.sort(generator.choice(moves.shape[0], config.search_moves, replace=False))]
-        # Pad the move count to a bucket with copies of the current notes, so successive
-        # rounds reuse one compiled program.
-        count = moves.shape[0]
-        bucket = -(-count // _MOVE_BUCKET) * _MOVE_BUCKET
-        moves = np.concatenate([moves, np.broadcast_to(ids, (bucket - count, *ids.shape))])
-        scores = np.asarray(programs.score_many(jnp.asarray(moves), labels, target, params))[:count]
-        moves = moves[:count]
+        scores = _score(programs, moves, ids, labels, target, params)
         best = int(np.argmin(scores))
         if not scores[best] < value:
             break

@@ -187,6 +187,30 @@ class DPFedAvgPlan:
         return jax.tree_util.tree_map(
             lambda leaf: leaf / jnp.asarray(self.expected_clients_per_round, leaf.dtype), noised)
 
+    def noise_state(self, key: PRNGKey) -> noise_lib.GaussianNoiseState:
+        """A fresh noise state (for audits through ``fedpriv.privacy`` canaries)."""
+        return noise_lib.GaussianNoiseState(key=key)
+
+    def private_gradient(self, client_updates: Params, client_mask: Array, noise_state: noise_lib.GaussianNoiseState,
+                         noise_multiplier: Array | None = None) -> tuple[Params, noise_lib.GaussianNoiseState, dict]:
+        """One round's release from per-client updates: clip, sum, noise, divide.
+
+        The same mechanism as :meth:`clip_updates` followed by :meth:`noised_mean`, in the
+        interface the white-box canary audit runs (clients in place of examples).
+
+        **Formal guarantees**
+
+        - Bound: one Poisson-sampled Gaussian release with noise multiplier
+          ``noise_multiplier`` (sensitivity ``l2_clip_norm``).
+        - Relation: add/remove-one client. Unit: one client.
+        - Not protected: ``aux``; reusing a noise state.
+        """
+        clipped, kept, aux = self.clip_updates(client_updates, client_mask)
+        summed = jax.tree_util.tree_map(lambda leaf: jnp.tensordot(kept.astype(leaf.dtype), leaf, axes=1), clipped)
+        next_key, draw_key = jax.random.split(noise_state.key)
+        release = self.noised_mean(summed, draw_key, noise_multiplier)
+        return release, noise_lib.GaussianNoiseState(key=next_key), aux
+
     def dp_event(self) -> dp_accounting.DpEvent:
         """The ``dp_accounting`` event of the whole run, client as the unit."""
         if self.round_noise_multipliers is not None:

@@ -41,6 +41,8 @@ class DPFedAvgSettings:
       target_epsilon: the client-level budget, > 0.
       delta: delta, in (0, 1).
       accountant: ``"rdp"`` or ``"pld"`` for calibration.
+      audit_trials: ``0`` or the trials per side of a white-box canary audit of one round
+        (a canary client update), reported beside that round's epsilon.
     """
 
     l2_clip_norm: float
@@ -48,6 +50,7 @@ class DPFedAvgSettings:
     target_epsilon: float
     delta: float
     accountant: str = "rdp"
+    audit_trials: int = 0
 
     def __post_init__(self):
         _validation.check_positive(self.l2_clip_norm, "l2_clip_norm")
@@ -55,6 +58,8 @@ class DPFedAvgSettings:
             _validation.check_noise_multiplier(self.noise_multiplier)
         _validation.check_epsilon(self.target_epsilon, "target_epsilon")
         _validation.check_delta(self.delta)
+        if not (isinstance(self.audit_trials, int) and (self.audit_trials == 0 or self.audit_trials >= 100)):
+            raise ValueError(f"audit_trials must be 0 (no audit) or an integer >= 100, got {self.audit_trials!r}")
 
     def plan(self, *, client_sampling_rate: float, rounds: int, num_clients: int) -> DPFedAvgPlan:
         common = dict(l2_clip_norm=self.l2_clip_norm, client_sampling_rate=client_sampling_rate, rounds=rounds,

@@ -70,3 +70,20 @@ def test_schedule_must_cover_every_round():
         _plan(round_noise_multipliers=(1.0, 2.0))
     plan = _plan(rounds=2, round_noise_multipliers=(1.0, 2.0))
     assert plan.noise_multiplier_in_round(1) == 2.0
+
+
+def test_white_box_canary_audit_of_one_round_stays_below_epsilon_and_catches_a_quarter_of_the_noise():
+    from fedpriv import privacy
+    from fedpriv.privacy.canaries import MisreportedMechanism, run_gradient_canary_trials
+
+    plan = _plan(noise_multiplier=1.0, client_sampling_rate=1.0, rounds=1, expected_clients_per_round=1.0)
+    claimed = plan.report(1e-5).epsilon
+    honest = run_gradient_canary_trials(plan, 2000, jax.random.key(0))
+    honest_bound = privacy.clopper_pearson_audit(honest.present_scores, honest.absent_scores, delta=1e-5,
+                                                 threshold_selection="split").epsilon_lower_bound
+    buggy = MisreportedMechanism.with_noise_scaled(plan, 0.25)
+    trials = run_gradient_canary_trials(buggy, 2000, jax.random.key(1))
+    buggy_bound = privacy.clopper_pearson_audit(trials.present_scores, trials.absent_scores, delta=1e-5,
+                                                threshold_selection="split").epsilon_lower_bound
+    assert 0.0 <= honest_bound <= claimed
+    assert buggy_bound > claimed  # the audit catches a plan that adds a quarter of its noise

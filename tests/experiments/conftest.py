@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
@@ -36,7 +36,9 @@ SMOKE = {
     "algorithm.rounds": "2",
     "model": "mlp",
 }
-SMOKE_ATTACK = {"attack.config.iterations": "3"}
+# Tiny attack budgets, each applied where the composed attack has that key.
+SMOKE_ATTACK = {"attack.config.iterations": "3", "attack.config.latent_iterations": "3",
+                "attack.config.search_rounds": "2", "attack.prior.steps": "5", "attack.public_records": "64"}
 
 
 def group_options(group: str) -> list[str]:
@@ -56,8 +58,10 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), *, hydra_node: b
 def smoke_overrides(changes: dict[str, str] | None = None) -> list[str]:
     """``SMOKE`` with ``changes`` applied (a key in both takes the value of ``changes``)."""
     merged = {**SMOKE, **(changes or {})}
-    if compose_config([f"{key}={value}" for key, value in merged.items()]).attack.config is not None:
-        merged = {**SMOKE, **SMOKE_ATTACK, **(changes or {})}
+    composed = compose_config([f"{key}={value}" for key, value in merged.items()])
+    if composed.attack.config is not None:
+        budget = {key: value for key, value in SMOKE_ATTACK.items() if OmegaConf.select(composed, key) is not None}
+        merged = {**SMOKE, **budget, **(changes or {})}
     return [f"{key}={value}" for key, value in merged.items()]
 
 

@@ -1,0 +1,51 @@
+"""Defenses end to end through the scenario: what each changes for the attacker, and its cost."""
+
+import pytest
+
+from tests.experiments.conftest import run_smoke
+
+# iid hospitals: the by_site scanner shift moves the hospitals' intensities away from the
+# public phantoms the bin edges come from, and records then crowd into the edge bins.
+IMPRINT = {"attack": "imprint", "algorithm.batch_size": "4", "attack.config.bins": "64",
+           "attack.public_records": "1024", "data.partition.scheme": "iid"}
+
+
+def test_imprint_recovers_records_exactly_and_through_secure_aggregation():
+    plain = run_smoke(IMPRINT).metrics
+    assert plain["attack.records_scored"] == 8
+    assert plain["attack.exact_recovery_rate"] >= 0.75  # 8 records in 64 bins: most sit alone
+    secure = run_smoke({**IMPRINT, "defense": "secure_aggregation"}).metrics
+    assert secure["attack.exact_recovery_rate"] > 0.25  # the sum still gives lone records back
+    assert secure["cost.bytes_per_client"] > secure["cost.plaintext_bytes_per_client"]
+
+
+def test_client_side_screening_refuses_the_imprint_model_and_nothing_leaks():
+    metrics = run_smoke({**IMPRINT, "defense": "model_screening"}).metrics
+    assert metrics["defense.models_refused"] >= 2  # every hospital, every round
+    assert "imprint" in metrics["defense.first_refusal"]
+    assert metrics["attack.records_scored"] == 0 and metrics["attack.exact_recovery_rate"] == 0.0
+
+
+def test_client_screening_accepts_an_honest_model():
+    metrics = run_smoke({"defense": "model_screening", "attack": "none"}).metrics
+    assert metrics["defense.models_refused"] == 0
+
+
+def test_dp_fedavg_reports_client_level_epsilon_and_its_audit_stays_below_it():
+    metrics = run_smoke({"defense": "dp_fedavg", "attack": "none", "privacy.audit_trials": "1000",
+                         "privacy.target_epsilon": "3"}).metrics
+    assert metrics["privacy.unit"] == "client"
+    assert 0.99 * 3 <= metrics["privacy.epsilon_rdp"] <= 3.0
+    assert 0.0 <= metrics["audit.epsilon_lower_bound"] <= metrics["audit.accountant_epsilon"]
+
+
+def test_partitioned_model_is_attacked_without_its_private_head():
+    metrics = run_smoke({"defense": "partitioning", "attack.config.label_strategy": "known"}).metrics
+    assert metrics["attack.records_scored"] >= 1
+    assert 0 < metrics["attack.psnr_db"] < 100
+
+
+@pytest.mark.parametrize("defense", ["top_k", "quantization"])
+def test_compression_sends_fewer_bytes(defense):
+    metrics = run_smoke({"defense": defense, "attack": "none"}).metrics
+    assert metrics["cost.bytes_per_client"] < 0.5 * metrics["cost.plaintext_bytes_per_client"]
