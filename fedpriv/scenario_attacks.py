@@ -18,7 +18,7 @@ from fedpriv.attacks.code_recovery import CodeRecoveryConfig, recover_codes
 from fedpriv.attacks.dlg import DLGConfig, deep_leakage
 from fedpriv.attacks.generative_prior import GenerativePriorConfig, invert_with_prior
 from fedpriv.attacks.imprint import ImprintConfig, recover_from_imprint
-from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens
+from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens, token_bag
 from fedpriv.metrics import codes as code_metrics
 from fedpriv.metrics import tokens as token_metrics
 from fedpriv.typing import ClientData, Model, Observation, Reconstruction
@@ -57,6 +57,11 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
         reconstruction = recover_tokens(observation, model, attack, key, victims=victims, labels=labels)
         seconds = time.perf_counter() - started
         results = score_tokens(reconstruction, client_data, victim_clients)
+        bags = token_bag(observation, victims=victims, embedding_path=attack.embedding_path)
+        note_length = client_data.examples["x"].shape[-1]
+        bag_scores = [token_metrics.set_scores(bag, _victim_records(client_data, client, (note_length,))[0].ravel())
+                      for bag, client in zip(bags, victim_clients)]
+        results["attack.bag_f1"] = float(np.mean([score["f1"] for score in bag_scores]))
     else:
         if isinstance(attack, InvertingGradientsConfig):
             reconstruction = invert_gradients(observation, model, attack, key, victims=victims, labels=labels,

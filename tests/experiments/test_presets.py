@@ -36,6 +36,21 @@ PRESET_CHANGES = {
                               "attack.config.label_strategy": "known"},
     # The head is private: labels cannot be read off it.
     ("defense", "partitioning"): {"attack.config.label_strategy": "known"},
+    # Token cohorts take token models and token attacks; sites are the hospitals.
+    ("data", "ehr"): {"model": "embedding_bag", "attack": "code_recovery", "data.cohort.num_records": "200",
+                      "data.cohort.num_sites": "2", "++model.embedding_dim": "16"},
+    ("data", "notes"): {"model": "transformer", "attack": "token_recovery", "data.cohort.num_records": "64",
+                        "data.cohort.num_sites": "2", "data.cohort.max_length": "16", "++model.num_layers": "1"},
+    ("model", "embedding_bag"): {"data": "ehr", "attack": "code_recovery", "data.cohort.num_records": "200",
+                                 "data.cohort.num_sites": "2"},
+    ("model", "transformer"): {"data": "notes", "attack": "token_recovery", "data.cohort.num_records": "64",
+                               "data.cohort.num_sites": "2", "data.cohort.max_length": "16"},
+    ("attack", "code_recovery"): {"data": "ehr", "model": "embedding_bag", "data.cohort.num_records": "200",
+                                  "data.cohort.num_sites": "2"},
+    ("attack", "token_recovery"): {"data": "notes", "model": "transformer", "data.cohort.num_records": "64",
+                                   "data.cohort.num_sites": "2", "data.cohort.max_length": "16"},
+    # DLG reads the labels jointly; the imprint needs bins for a batch.
+    ("attack", "imprint"): {"attack.config.bins": "16"},
 }
 
 
@@ -66,8 +81,8 @@ RUN_OPTIONS = [(group, option) for group, option in ALL_OPTIONS if group in RUN_
 
 def test_the_groups_and_options_are_discovered():
     assert groups() == EXPECTED_GROUPS
-    assert group_options("data") == ["ct_phantom", "ct_slice", "dicom_folder", "medmnist_npz"]
-    assert group_options("model") == ["convnet", "lenet", "mlp", "resnet"]
+    assert group_options("data") == ["ct_phantom", "ct_slice", "dicom_folder", "ehr", "medmnist_npz", "notes"]
+    assert group_options("model") == ["convnet", "embedding_bag", "lenet", "mlp", "resnet", "transformer"]
     assert {"fedsgd", "fedavg"} <= set(group_options("algorithm"))
     assert {"none", "dp_sgd"} <= set(group_options("defense"))
     assert {"inverting_gradients", "none"} <= set(group_options("attack"))
@@ -86,7 +101,7 @@ def test_every_option_composes(group, option, data_paths):
     if group == "experiment":
         assert cfg.hydra.sweeper.params, f"experiment/{option}.yaml defines no sweep"
     elif group == "data":
-        assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz")
+        assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes")
     elif group == "model":
         assert cfg.model.name == option
     elif group == "algorithm":
@@ -110,7 +125,8 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
     assert 0.0 <= metrics["utility.test_accuracy"] <= 1.0
     # Generated cohorts have num_records=32; files keep at most 32 of what they hold.
     expected_records = {"dicom_folder": len(DICOM_CLASSES) * DICOM_COPIES,
-                        "medmnist_npz": min(32, NPZ_TRAIN_RECORDS)}.get(cfg.data.cohort.kind, 32)
+                        "medmnist_npz": min(32, NPZ_TRAIN_RECORDS)}.get(cfg.data.cohort.kind,
+                                                                        cfg.data.cohort.num_records)
     assert metrics["data.num_train_records"] + metrics["data.num_test_records"] == expected_records
     assert metrics["data.smallest_hospital"] >= cfg.data.partition.min_records
     assert metrics["model.num_params"] > 0
@@ -141,19 +157,12 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
             assert "only the aggregate" in metrics["attack.status"]
         if cfg.defense.name == "none":
             assert metrics["attack.records_scored"] >= 1
-            assert math.isfinite(metrics["attack.psnr_db"]) and 0 < metrics["attack.psnr_db"] < 100
-            if cfg.algorithm.local_steps * cfg.algorithm.batch_size == 1:
-                # One record per victim: iDLG reads its label exactly, and the pairing is trivial.
-                assert metrics["attack.label_accuracy"] == 1.0
-                assert metrics["attack.records_scored"] == min(cfg.attack.num_victims, 2)
-            else:
-                assert 0.0 <= metrics["attack.label_accuracy"] <= 1.0
-            assert result.truth.shape == result.reconstructed.shape
-            assert result.truth.shape[-3:] == (16, 16, 1)
+            _check_attack_scores(cfg, metrics, result)
 
     if group == "model":
         assert cfg.model.name == option
-        assert metrics["model.num_params"] == _expected_num_params(cfg, num_classes=4)
+        if cfg.data.cohort.kind not in ("ehr", "notes"):
+            assert metrics["model.num_params"] == _expected_num_params(cfg, num_classes=4)
     if group == "algorithm" and option == "fedavg":
         assert result.truth.shape[1] == 2 * 2  # two local steps of batch two, all matched
     if group == "impl":
@@ -162,6 +171,27 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
         assert metrics["utility.test_accuracy"] == baseline.metrics["utility.test_accuracy"]
         np.testing.assert_allclose(metrics["attack.psnr_db"], baseline.metrics["attack.psnr_db"], rtol=1e-4)
         np.testing.assert_allclose(result.reconstructed, baseline.reconstructed, atol=1e-4)
+
+
+def _check_attack_scores(cfg, metrics, result) -> None:
+    """What an undefended attack must report, per modality."""
+    kind = cfg.data.cohort.kind
+    if kind == "ehr":  # FedSGD embedding rows give the exact code set
+        assert metrics["attack.code_f1"] == 1.0
+        assert result.truth is None
+    elif kind == "notes":
+        assert metrics["attack.bag_f1"] == 1.0  # the bag is exact; the order is the hard part
+        assert 0.0 <= metrics["attack.token_order_accuracy"] <= 1.0
+    else:
+        assert math.isfinite(metrics["attack.psnr_db"]) and 0 < metrics["attack.psnr_db"] <= 100
+        if cfg.algorithm.local_steps * cfg.algorithm.batch_size == 1 and cfg.attack.config.get("label_strategy") == "idlg":
+            # One record per victim: iDLG reads its label exactly, and the pairing is trivial.
+            assert metrics["attack.label_accuracy"] == 1.0
+            assert metrics["attack.records_scored"] == min(cfg.attack.num_victims, 2)
+        else:
+            assert 0.0 <= metrics["attack.label_accuracy"] <= 1.0
+        assert result.truth.shape == result.reconstructed.shape
+        assert result.truth.shape[-3:] == (16, 16, 1)
 
 
 def _check_privacy(cfg, metrics) -> None:
