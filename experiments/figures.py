@@ -66,7 +66,58 @@ def epsilon_sweep(rows: list[dict], output: Path) -> None:
     plt.close(figure)
 
 
-RECIPES = {"epsilon_sweep": epsilon_sweep}
+def _leakage(row: dict) -> tuple[str, float]:
+    """The leakage column: code F1, note-term F1 or PSNR, whichever the attack reported."""
+    for key, label in (("attack.code_f1", "code F1"), ("attack.token_term_f1", "term F1"),
+                       ("attack.psnr_db", "PSNR dB")):
+        value = _number(row.get(key))
+        if math.isfinite(value):
+            return label, value
+    return "", math.nan
+
+
+def defense_table(rows: list[dict], output: Path) -> None:
+    """One row per defense: utility, epsilon (unit), bytes per client, seconds per round, leakage.
+
+    Writes the table as Markdown beside ``output`` (same name, ``.md``) and plots leakage
+    against test accuracy, one labelled point per defense.
+    """
+    lines = ["| defense | test accuracy | epsilon (unit) | bytes/client (x plaintext) | s/round | leakage |",
+             "|---|---|---|---|---|---|"]
+    points = []
+    for row in sorted(rows, key=lambda r: r.get("config.defense.name", "")):
+        name = row.get("config.defense.name", "?")
+        accuracy = _number(row.get("utility.test_accuracy"))
+        epsilon, unit = _number(row.get("privacy.epsilon")), row.get("privacy.unit", "none")
+        tiers = sorted(k for k in row if k.startswith("privacy.tier.") and k.endswith(".epsilon"))
+        if tiers:
+            epsilon_text = ", ".join(f"{k.split('.')[2]} {_number(row[k]):.2f}" for k in tiers)
+        elif math.isfinite(epsilon):
+            epsilon_text = f"{epsilon:.2f} ({unit})"
+        elif row.get("privacy.local_dp.epsilon_per_round"):
+            epsilon_text = f"{_number(row['privacy.local_dp.epsilon_per_round']):g} per round (local)"
+        else:
+            epsilon_text = "none"
+        sent, plain = _number(row.get("cost.bytes_per_client")), _number(row.get("cost.plaintext_bytes_per_client"))
+        label, leak = _leakage(row)
+        leak_text = f"{label} {leak:.2f}" if label else row.get("attack.status", "n/a")
+        lines.append(f"| {name} | {accuracy:.3f} | {epsilon_text} | {sent:,.0f} ({sent / plain:.2f}x) | "
+                     f"{_number(row.get('train.seconds_per_round')):.3f} | {leak_text} |")
+        points.append((name, accuracy, leak, label))
+    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, accuracy, leak, label in points:
+        if math.isfinite(accuracy) and math.isfinite(leak):
+            axis.scatter(accuracy, leak)
+            axis.annotate(name, (accuracy, leak), fontsize=7)
+    axis.set_xlabel("test accuracy")
+    axis.set_ylabel(next((label for *_, label in points if label), "leakage"))
+    figure.tight_layout()
+    figure.savefig(output, dpi=150)
+    plt.close(figure)
+
+
+RECIPES = {"epsilon_sweep": epsilon_sweep, "defense_table_ct": defense_table, "defense_table_ehr": defense_table}
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -1,22 +1,37 @@
-"""Attacks: an ``Observation`` (plus public knowledge) in, a ``Reconstruction`` out.
+"""Attacks: an ``Observation`` (plus public knowledge) in, a reconstruction (images, codes, notes) out.
 
 Attacks never import ``fedpriv.data`` or ``fedpriv.metrics`` (DESIGN §1).
 """
 
-from fedpriv.attacks.analytic import invert_dense_layer, recover_dense_layer_input
+from fedpriv.attacks.analytic import (DenseLayerCandidates, dense_layer_candidates, invert_dense_layer,
+                                      invert_dense_layer_batch, recover_dense_layer_input)
+from fedpriv.attacks.code_recovery import CodeRecoveryConfig, recover_codes
+from fedpriv.attacks.codes import (CodeRecovery, code_counts, code_set, frozen_embedding_codes, noisy_code_set,
+                                   refine_with_ontology)
 from fedpriv.attacks.common import cosine_distance, squared_distance, total_variation, validate_observation
-from fedpriv.attacks.inverting_gradients import AttackCompilation, InvertingGradientsConfig, invert_gradients
-from fedpriv.attacks.labels import idlg_labels
+from fedpriv.attacks.dlg import DLGConfig, deep_leakage
+from fedpriv.attacks.generative_prior import GenerativePriorConfig, invert_with_prior
+from fedpriv.attacks.image_prior import ImagePrior, ImagePriorConfig, train_image_prior
+from fedpriv.attacks.imprint import ImprintConfig, make_imprint_model, recover_from_imprint
+from fedpriv.attacks.inverting_gradients import (AttackCompilation, InvertingGradientsConfig, invert_gradients,
+                                                 make_gradient_matching_objective)
+from fedpriv.attacks.labels import idlg_labels, ilrg_label_counts, labels_from_counts, llg_label_counts
 from fedpriv.attacks.membership import (LiraConfig, LiraResult, ShadowModels, client_membership_scores,
                                         lira_attack, lira_scores, loss_threshold_scores, train_shadow_models)
 from fedpriv.attacks.shadow_models import (ShadowTrainingConfig, balanced_inclusion_masks, logit_confidence,
                                            logit_confidences, poisson_sample_masks, train_model, train_models)
+from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens, token_bag
 
 __all__ = [
-    "AttackCompilation", "InvertingGradientsConfig", "LiraConfig", "LiraResult", "ShadowModels",
-    "ShadowTrainingConfig", "balanced_inclusion_masks", "client_membership_scores", "cosine_distance",
-    "idlg_labels", "invert_dense_layer", "invert_gradients", "lira_attack", "lira_scores", "logit_confidence",
-    "logit_confidences", "loss_threshold_scores", "poisson_sample_masks", "recover_dense_layer_input",
-    "squared_distance", "total_variation", "train_model", "train_models", "train_shadow_models",
-    "validate_observation",
+    "AttackCompilation", "CodeRecovery", "CodeRecoveryConfig", "DLGConfig", "DenseLayerCandidates",
+    "GenerativePriorConfig", "ImagePrior", "ImagePriorConfig", "ImprintConfig", "InvertingGradientsConfig",
+    "LiraConfig", "LiraResult", "ShadowModels", "ShadowTrainingConfig", "TokenRecoveryConfig",
+    "balanced_inclusion_masks", "client_membership_scores", "code_counts", "code_set", "cosine_distance",
+    "deep_leakage", "dense_layer_candidates", "frozen_embedding_codes", "idlg_labels", "ilrg_label_counts",
+    "invert_dense_layer", "invert_dense_layer_batch", "invert_gradients", "invert_with_prior", "labels_from_counts",
+    "lira_attack", "lira_scores", "llg_label_counts", "logit_confidence", "logit_confidences",
+    "loss_threshold_scores", "make_gradient_matching_objective", "make_imprint_model", "noisy_code_set",
+    "poisson_sample_masks", "recover_codes", "recover_dense_layer_input", "recover_from_imprint", "recover_tokens",
+    "refine_with_ontology", "squared_distance", "token_bag", "total_variation", "train_image_prior", "train_model",
+    "train_models", "train_shadow_models", "validate_observation",
 ]

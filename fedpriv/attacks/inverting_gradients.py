@@ -140,8 +140,11 @@ def make_gradient_matching_objective(model: Model, metadata: ProtocolMetadata, *
     """
     if distance not in DISTANCES:
         raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
+    # Several local steps: recompute each step's activations in the backward pass, so the
+    # attack's memory does not grow with the steps it differentiates through.
     simulate = make_client_update(model, LocalTrainingConfig(
-        learning_rate=metadata.learning_rate, optimizer=metadata.local_optimizer, momentum=metadata.local_momentum))
+        learning_rate=metadata.learning_rate, optimizer=metadata.local_optimizer, momentum=metadata.local_momentum,
+        rematerialize=metadata.local_steps > 1))
     mask = jnp.ones((metadata.local_steps, metadata.batch_size), jnp.float32)
     distance_fn = cosine_distance if distance == "cosine" else squared_distance
 

@@ -1,4 +1,4 @@
-"""Host-side data: private image cohorts, partitioning into hospitals, round data.
+"""Host-side data: private cohorts (images, EHR code bags, clinical notes), hospitals, round data.
 
 Everything here is NumPy on the host, driven by an explicit ``numpy.random.Generator``
 (``fedpriv.keys.numpy_generator`` of a named key stream); only ``build_round_data`` hands
@@ -69,6 +69,11 @@ __all__ = [
     "split_train_test",
 ]
 
-from fedpriv.data.sources import COHORT_KINDS, CohortSource, load_cohort  # noqa: E402
+from fedpriv.data.ehr import EHRCohort, EHRCohortConfig, make_ehr_cohort, site_partition  # noqa: E402
+from fedpriv.data.notes import NotesCohort, NotesConfig, make_notes_cohort  # noqa: E402
+from fedpriv.data.records import TokenRecords, partition_records  # noqa: E402
+from fedpriv.data.sources import COHORT_KINDS, CohortSource, ehr_records, load_cohort, notes_records  # noqa: E402
 
-__all__ += ["COHORT_KINDS", "CohortSource", "load_cohort"]
+__all__ += ["COHORT_KINDS", "CohortSource", "EHRCohort", "EHRCohortConfig", "NotesCohort", "NotesConfig",
+            "TokenRecords", "ehr_records", "load_cohort", "make_ehr_cohort", "make_notes_cohort", "notes_records",
+            "partition_records", "site_partition"]

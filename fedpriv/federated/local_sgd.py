@@ -37,12 +37,16 @@ class LocalTrainingConfig:
       step_loop: how local steps are compiled: ``"unroll"`` (a Python loop traced into
         one program; fastest for convolutions on XLA's CPU backend, DESIGN §5) or
         ``"scan"`` (``lax.scan``; smaller programs, better for many steps or GPUs).
+      rematerialize: recompute each local step's activations in the backward pass
+        (``jax.checkpoint``) instead of storing them. Attacks that differentiate through
+        many local steps use it to bound memory; the numbers are the same.
     """
 
     learning_rate: float
     momentum: float | None = None
     optimizer: str = "sgd"
     step_loop: str = "unroll"
+    rematerialize: bool = False
 
     def __post_init__(self):
         if not self.learning_rate > 0:
@@ -121,6 +125,9 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
         keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(active, n, o), new, old)
         carry = (keep(new_params, params), keep(new_optimizer_state, optimizer_state), new_noise_state)
         return carry, fraction_clipped
+
+    if config.rematerialize:
+        local_step = jax.checkpoint(local_step)
 
     def client_update(params, examples, example_mask, key, noise_multiplier=None):
         noise_state = dp_plan.noise(key).init(params) if dp_plan is not None else ()
