@@ -120,6 +120,7 @@ def test_recovers_an_image_inside_the_prior_range(tiny):
     assert result.trace.shape == (1, 4, 30)
 
 
+@pytest.mark.slow  # the same property is tested for Inverting Gradients in the default run
 def test_all_compilation_variants_give_the_same_reconstruction(tiny):
     model, params, prior = tiny
     x = _smooth_images(2, 8, np.random.default_rng(1)).reshape(2, 1, 1, 8, 8, 1)

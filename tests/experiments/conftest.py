@@ -155,7 +155,7 @@ def no_compute(monkeypatch):
         raise AssertionError("compute started: the error should have been raised before training")
 
     monkeypatch.setattr(fedpriv.scenario, "train", refuse)
-    monkeypatch.setattr(fedpriv.scenario, "invert_gradients", refuse)
+    monkeypatch.setattr(fedpriv.scenario, "run_attack", refuse)
 
 
 # -- the real CLI, run in the background -------------------------------------------------------

@@ -94,10 +94,27 @@ def test_noise_multiplier_must_be_non_negative():
                        r"noise_multiplier must be >= 0 or None", r"got -0\.5")
 
 
-def test_unknown_accountant_and_defense_name():
+def test_unknown_accountant_and_defense_component():
     expect_build_error({"defense": "dp_sgd", "privacy.accountant": "moments"},
                        r"accountant must be one of \('rdp', 'pld'\)", r"'moments'")
-    expect_build_error({"defense.name": "dp"}, r"defense\.name must be one of \('none', 'dp_sgd'\)", r"'dp'")
+    expect_build_error({"+defense.firewall": "true"}, r"defense has unknown key\(s\) \['firewall'\]", r"allowed")
+
+
+def test_bad_defense_settings_fail_before_compute():
+    expect_build_error({"defense": "secure_aggregation", "defense.protocol.threshold_fraction": "0"},
+                       r"threshold_fraction must be in \(0, 1\]", r"got 0")
+    expect_build_error({"defense": "homomorphic", "defense.protocol.ckks.poly_modulus_degree": "1000"},
+                       r"poly_modulus_degree", r"1000")
+    expect_build_error({"defense": "tiered_dp_sgd", "defense.tiers.budgets.general": "-1"},
+                       r"budgets\['general'\]", r"-1")
+    expect_build_error({"defense": "dp_fedavg", "defense.dp_fedavg.l2_clip_norm": "0"},
+                       r"l2_clip_norm", r"0")
+    expect_build_error({"defense": "local_dp", "defense.local_dp.epsilon": "0"}, r"epsilon", r"0")
+    expect_build_error({"defense": "top_k", "defense.compression.keep_fraction": "1.5"}, r"keep_fraction", r"1.5")
+
+
+def test_attack_that_does_not_fit_the_data_fails_before_compute():
+    expect_build_error({"attack": "code_recovery"}, r"does not fit data.cohort.kind 'phantom'", r"CodeRecoveryConfig")
 
 
 def test_observe_round_must_be_a_round_that_exists():

@@ -11,7 +11,7 @@ from fedpriv.models import registry
 
 
 def test_names():
-    assert MODEL_NAMES == ("mlp", "lenet", "convnet", "resnet")
+    assert MODEL_NAMES == ("mlp", "lenet", "convnet", "resnet", "embedding_bag", "transformer")
 
 
 def test_unknown_name_lists_allowed():
