@@ -38,7 +38,7 @@ import optax
 
 from fedpriv.attacks.common import squared_distance, validate_observation
 from fedpriv.attacks.inverting_gradients import AttackCompilation
-from fedpriv.attacks.labels import idlg_labels
+from fedpriv.attacks.labels import attack_labels
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
@@ -252,18 +252,8 @@ def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key:
     metadata = observation.metadata
     data_shape = (metadata.local_steps, metadata.batch_size)
     num_classes = metadata.num_classes
-    if config.label_strategy == "known":
-        if labels is None:
-            raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
-        labels = np.asarray(labels)
-        if labels.shape != (len(victims), *data_shape) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"labels must be integers of shape {(len(victims), *data_shape)}, got "
-                             f"{labels.dtype} {labels.shape}")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
-        labels = labels.astype(np.int32)
-    elif config.label_strategy == "idlg":
-        labels = idlg_labels(observation, model, victims)
+    if config.label_strategy in ("known", "idlg"):
+        labels = attack_labels(observation, model, victims, config.label_strategy, labels)
 
     programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), _program_key(config),
                                   compilation)

@@ -42,7 +42,7 @@ from fedpriv.attacks.common import validate_observation
 from fedpriv.attacks.image_prior import ImagePrior, make_decode
 from fedpriv.attacks.inverting_gradients import (DISTANCES, LABEL_STRATEGIES, AttackCompilation,
                                                  make_gradient_matching_objective)
-from fedpriv.attacks.labels import idlg_labels
+from fedpriv.attacks.labels import attack_labels
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 
@@ -271,14 +271,7 @@ def invert_with_prior(observation: Observation, model: Model, prior: ImagePrior,
     if not victims:
         raise ValueError("victims must name at least one observed client")
     data_shape = (metadata.local_steps, metadata.batch_size)
-    if config.label_strategy == "known":
-        if labels is None:
-            raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
-        labels = np.asarray(labels, np.int32)
-        if labels.shape != (len(victims), *data_shape):
-            raise ValueError(f"labels have shape {labels.shape}, expected {(len(victims), *data_shape)}")
-    else:
-        labels = idlg_labels(observation, model, victims)
+    labels = attack_labels(observation, model, victims, config.label_strategy, labels)
 
     # client_ids differ between rounds but not the programs: leave them out of the cache key.
     programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), prior.spec, config,

@@ -32,7 +32,7 @@ import optax
 
 from fedpriv.attacks.common import (cosine_distance, observed_part, squared_distance, total_variation,
                                     validate_observation)
-from fedpriv.attacks.labels import idlg_labels
+from fedpriv.attacks.labels import attack_labels
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
@@ -227,14 +227,7 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     if not victims:
         raise ValueError("victims must name at least one observed client")
     data_shape = (metadata.local_steps, metadata.batch_size)
-    if config.label_strategy == "known":
-        if labels is None:
-            raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
-        labels = np.asarray(labels, np.int32)
-        if labels.shape != (len(victims), *data_shape):
-            raise ValueError(f"labels have shape {labels.shape}, expected {(len(victims), *data_shape)}")
-    else:
-        labels = idlg_labels(observation, model, victims)
+    labels = attack_labels(observation, model, victims, config.label_strategy, labels)
 
     # client_ids differ between rounds but not the programs: leave them out of the cache key.
     programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), config, compilation)

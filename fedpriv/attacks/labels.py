@@ -21,6 +21,34 @@ import numpy as np
 from fedpriv.typing import Model, Observation
 
 
+def attack_labels(observation: Observation, model: Model, victims, strategy: str,
+                  labels: np.ndarray | None = None) -> np.ndarray:
+    """The ``[V, S, B]`` labels a gradient-matching attack uses for its victims.
+
+    ``strategy="known"`` takes ``labels`` as declared side knowledge (checked: integers in
+    ``[0, num_classes)`` of shape ``[victims, local_steps, batch_size]``); ``"idlg"`` reads
+    them off the update (batch of one only).
+
+    Raises:
+      ValueError: missing or misshapen known labels, or iDLG at batch > 1; before compute.
+    """
+    metadata = observation.metadata
+    expected = (len(victims), metadata.local_steps, metadata.batch_size)
+    if strategy == "idlg":
+        return idlg_labels(observation, model, victims)
+    if strategy != "known":
+        raise ValueError(f"label strategy must be 'known' or 'idlg', got {strategy!r}")
+    if labels is None:
+        raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
+    labels = np.asarray(labels)
+    if labels.shape != expected or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers of shape {expected}, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= metadata.num_classes):
+        raise ValueError(f"labels must lie in [0, {metadata.num_classes}), got values in "
+                         f"[{labels.min()}, {labels.max()}]")
+    return labels.astype(np.int32)
+
+
 def idlg_labels(observation: Observation, model: Model, positions) -> np.ndarray:
     """Recovers the single label behind each observed update (batch of one, one step).
 

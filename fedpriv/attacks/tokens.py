@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from fedpriv.attacks.common import cosine_distance, squared_distance, validate_observation
-from fedpriv.attacks.labels import idlg_labels
+from fedpriv.attacks.labels import attack_labels
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.keys import numpy_generator
 from fedpriv.public.clinical_words import CLS_ID, PAD_ID
@@ -303,14 +303,7 @@ def recover_tokens(observation: Observation, model: Model, config: TokenRecovery
     vocabulary_size = int(table.shape[0])
     max_len = int(metadata.input_shape[0])
     data_shape = (metadata.local_steps, metadata.batch_size)
-    if config.label_strategy == "known":
-        if labels is None:
-            raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
-        labels = np.asarray(labels, np.int32)
-        if labels.shape != (len(victims), *data_shape):
-            raise ValueError(f"labels have shape {labels.shape}, expected {(len(victims), *data_shape)}")
-    else:
-        labels = idlg_labels(observation, model, victims)
+    labels = attack_labels(observation, model, victims, config.label_strategy, labels)
     try:
         jax.eval_shape(model.apply, observation.params, jnp.zeros((1, max_len, vocabulary_size)))
     except Exception as error:  # noqa: BLE001 - reported with what the model lacks
