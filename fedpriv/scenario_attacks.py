@@ -45,7 +45,8 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
     victim_clients = [observation.metadata.client_ids[v] for v in victims]
     labels = None
     if getattr(attack, "label_strategy", None) == "known":
-        labels = np.asarray(client_data.examples["y"])[victim_clients]
+        labels = np.stack([known_labels(client_data, client, observation.metadata.batch_size)
+                           for client in victim_clients])
     started = time.perf_counter()
     truth = reconstructed = None
     if isinstance(attack, CodeRecoveryConfig):
@@ -83,6 +84,24 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
     results["attack.seconds"] = seconds
     results["attack.seconds_per_iteration"] = seconds / (attack_iterations(attack) * len(victims))
     return results, truth, reconstructed
+
+
+def known_labels(client_data: ClientData, client: int, batch_size: int) -> np.ndarray:
+    """A victim's labels as side knowledge, ``[S, batch_size]`` as the protocol states the batch.
+
+    Under Poisson sampling the round's padded capacity exceeds the protocol's batch size
+    and a step may hold more or fewer records: each step's real labels come first, cut or
+    repeated to ``batch_size`` (class 0 for a step without records).
+    """
+    y = np.asarray(client_data.examples["y"][client])
+    mask = np.asarray(client_data.example_mask[client]) > 0
+    steps = []
+    for step_labels, step_mask in zip(y, mask):
+        real = step_labels[step_mask]
+        if real.size == 0:
+            real = np.zeros(1, y.dtype)
+        steps.append(np.resize(real, batch_size))
+    return np.stack(steps).astype(np.int32)
 
 
 def _victim_records(client_data: ClientData, client: int, input_shape) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -49,3 +49,10 @@ def test_partitioned_model_is_attacked_without_its_private_head():
 def test_compression_sends_fewer_bytes(defense):
     metrics = run_smoke({"defense": defense, "attack": "none"}).metrics
     assert metrics["cost.bytes_per_client"] < 0.5 * metrics["cost.plaintext_bytes_per_client"]
+
+
+def test_known_labels_under_poisson_sampling_follow_the_protocol_batch():
+    # DP-SGD pads Poisson batches to a capacity above the protocol's batch size; the
+    # attacker's side knowledge is the victim's real labels at the protocol's batch size.
+    metrics = run_smoke({"defense": "dp_sgd", "attack.config.label_strategy": "known"}).metrics
+    assert "attack.records_scored" in metrics and metrics["attack.round"] == 0
