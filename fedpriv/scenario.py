@@ -23,6 +23,7 @@ from fedpriv import privacy
 from fedpriv.attacks import AttackCompilation, LiraConfig, lira_attack, loss_threshold_scores
 from fedpriv.attacks.codes import update_noise_stddev
 from fedpriv.attacks.image_prior import ImagePriorConfig, train_image_prior
+from fedpriv.attacks.analytic import AnalyticConfig
 from fedpriv.attacks.code_recovery import CodeRecoveryConfig
 from fedpriv.attacks.generative_prior import GenerativePriorConfig
 from fedpriv.attacks.imprint import ImprintConfig, make_imprint_model
@@ -351,6 +352,9 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
 
     observe_round = config.observe_round % federation.rounds
     params = model.init(keys.init, jnp.zeros((1, *cohort.input_shape), cohort.images.dtype))
+    if isinstance(config.attack, AnalyticConfig) and "bias" not in params.get(config.attack.layer, {}):
+        raise ValueError(f"attack.config.layer {config.attack.layer!r} is not a dense layer with bias of model "
+                         f"{model.name!r}; its layers: {sorted(params)}")
     training = train(model=model, config=federation, params=params, round_data=round_data,
                      sampling_key=keys.sampling, clients_key=keys.clients, num_clients=len(partition),
                      observe_rounds=[observe_round] if config.attack is not None else [], dp_plan=plan,

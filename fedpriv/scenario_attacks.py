@@ -14,6 +14,7 @@ import numpy as np
 
 from fedpriv import metrics
 from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
+from fedpriv.attacks.analytic import AnalyticConfig, analytic_attack
 from fedpriv.attacks.code_recovery import CodeRecoveryConfig, recover_codes
 from fedpriv.attacks.dlg import DLGConfig, deep_leakage
 from fedpriv.attacks.generative_prior import GenerativePriorConfig, invert_with_prior
@@ -23,7 +24,7 @@ from fedpriv.metrics import codes as code_metrics
 from fedpriv.metrics import tokens as token_metrics
 from fedpriv.typing import ClientData, Model, Observation, Reconstruction
 
-IMAGE_ATTACKS = (InvertingGradientsConfig, DLGConfig, GenerativePriorConfig, ImprintConfig)
+IMAGE_ATTACKS = (InvertingGradientsConfig, DLGConfig, GenerativePriorConfig, ImprintConfig, AnalyticConfig)
 ATTACK_CONFIGS = (*IMAGE_ATTACKS, CodeRecoveryConfig, TokenRecoveryConfig)
 # A reconstructed record counts as recovered exactly below this relative L2 error.
 EXACT_RELATIVE_ERROR = 1e-4
@@ -75,6 +76,8 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
                                                labels=labels, compilation=compilation)
         elif isinstance(attack, ImprintConfig):
             reconstruction = recover_from_imprint(observation, victims=victims)
+        elif isinstance(attack, AnalyticConfig):
+            reconstruction = analytic_attack(observation, attack, victims)
         else:
             raise ValueError(f"attack config must be one of {[c.__name__ for c in ATTACK_CONFIGS]}, "
                              f"got {type(attack).__name__}")
@@ -166,12 +169,16 @@ def score_reconstruction(reconstruction: Reconstruction, client_data: ClientData
     """
     psnrs, ssims, mses, reidentified, exact, pairs_truth, pairs_recon = [], [], [], [], [], [], []
     label_hits = label_total = true_total = 0
+    count_pairs = []
     for position, client in enumerate(victim_clients):
         true_images, true_ids, true_labels = _victim_records(client_data, client, cohort.input_shape)
         recon = reconstruction.inputs[position].reshape(-1, *cohort.input_shape)
         recon_labels = np.asarray(reconstruction.labels[position]).reshape(-1)
         if recon_labels.size != recon.shape[0]:
             recon_labels = np.full(recon.shape[0], -1)
+        if np.all(recon_labels >= 0) and recon_labels.size == true_labels.size:  # the batch's label multiset
+            count_pairs.append((metrics.label_counts(recon_labels, cohort.num_classes),
+                                metrics.label_counts(true_labels, cohort.num_classes)))
         finite = np.all(np.isfinite(recon.reshape(recon.shape[0], -1)), axis=1)
         recon, recon_labels = recon[finite], recon_labels[finite]
         true_total += true_images.shape[0]
@@ -213,6 +220,9 @@ def score_reconstruction(reconstruction: Reconstruction, client_data: ClientData
         # Of every record the victims used, the fraction given back exactly.
         "attack.exact_recovery_rate": float(np.sum(exact) / max(true_total, 1)),
     }
+    if count_pairs:  # iLRG's count accuracy: victims whose whole label-count vector is exact
+        predicted, true = (np.stack(side) for side in zip(*count_pairs))
+        scores["attack.label_count_exact"] = metrics.label_count_accuracy(predicted, true)["vector_exact"]
     width = max(p.shape[0] for p in pairs_truth)
     pad = lambda arrays: np.stack([np.concatenate([a, np.zeros((width - a.shape[0], *a.shape[1:]), a.dtype)])
                                    for a in arrays])

@@ -183,3 +183,45 @@ def invert_dense_layer_batch(observation: Observation, layer: str, victims: Sequ
         raise ValueError(f"victims {bad} are not positions among the {kernel.shape[0]} observed updates")
     return [dense_layer_candidates(kernel[int(v)], bias[int(v)], input_shape=tuple(metadata.input_shape), **options)
             for v in victims]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnalyticConfig:
+    """Analytic recovery from a fully-connected first layer with bias, as one attack.
+
+    Attributes:
+      layer: the top-level dense layer whose input is the model input (``"dense_0"`` for
+        the MLP).
+      min_support: agreeing units needed to report a candidate as an exact example.
+      relative_tolerance: candidates closer than this fraction are one input.
+    """
+
+    layer: str = "dense_0"
+    min_support: int = 2
+    relative_tolerance: float = 1e-4
+
+    def __post_init__(self):
+        if not (isinstance(self.min_support, int) and self.min_support >= 1):
+            raise ValueError(f"min_support must be an integer >= 1, got {self.min_support!r}")
+        if not 0 < self.relative_tolerance < 1:
+            raise ValueError(f"relative_tolerance must be in (0, 1), got {self.relative_tolerance!r}")
+
+
+def analytic_attack(observation: Observation, config: AnalyticConfig, victims: Sequence[int]) -> Reconstruction:
+    """Each victim's isolated inputs (exact examples) as a ``Reconstruction``.
+
+    ``inputs`` is ``[V, 1, N, *input_shape]`` with ``N`` the most candidates of any victim;
+    victims with fewer are padded with NaN (no candidate). Labels are ``-1`` (not recovered).
+    """
+    found = invert_dense_layer_batch(observation, config.layer, victims, min_support=config.min_support,
+                                     relative_tolerance=config.relative_tolerance)
+    shape = tuple(observation.metadata.input_shape)
+    kept = [candidates.inputs[candidates.isolated] for candidates in found]
+    width = max(1, max(k.shape[0] for k in kept))
+    inputs = np.full((len(kept), 1, width, *shape), np.nan, np.float32)
+    for index, candidates in enumerate(kept):
+        inputs[index, 0, :candidates.shape[0]] = candidates
+    victims = tuple(int(v) for v in victims)
+    return Reconstruction(inputs=inputs, labels=np.full((len(victims), 1, width), -1, np.int32),
+                          objective=np.array([k.shape[0] for k in kept], np.float32),
+                          trace=np.zeros((len(victims), 1, 0), np.float32), victims=victims)

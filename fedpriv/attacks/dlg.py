@@ -44,7 +44,7 @@ from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITIALISATIONS = ("normal", "uniform")
-LABEL_STRATEGIES = ("joint", "known", "idlg")
+LABEL_STRATEGIES = ("joint", "known", "idlg", "counts")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -252,7 +252,7 @@ def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key:
     metadata = observation.metadata
     data_shape = (metadata.local_steps, metadata.batch_size)
     num_classes = metadata.num_classes
-    if config.label_strategy in ("known", "idlg"):
+    if config.label_strategy != "joint":
         labels = attack_labels(observation, model, victims, config.label_strategy, labels)
 
     programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), _program_key(config),

@@ -38,7 +38,7 @@ from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 DISTANCES = ("cosine", "l2")
 INITIALISATIONS = ("uniform", "normal")
-LABEL_STRATEGIES = ("known", "idlg")
+LABEL_STRATEGIES = ("known", "idlg", "counts")
 ATTACK_LOOPS = ("host", "scan")
 ATTACK_BATCHINGS = ("vmap", "map", "loop")
 
@@ -58,7 +58,8 @@ class InvertingGradientsConfig:
       step_decay: divide the step by 10 at 3/8, 5/8 and 7/8 of the iterations.
       box: ``(low, high)`` pixel range enforced after every step, or ``None``.
       init: ``"uniform"`` in the box or standard ``"normal"``.
-      label_strategy: ``"known"`` (labels given as side knowledge) or ``"idlg"``.
+      label_strategy: ``"known"`` (labels given as side knowledge), ``"idlg"`` (batch of
+        one) or ``"counts"`` (iLRG-style label counts of a FedSGD batch).
       record_every: record the objective every this many iterations.
     """
 

@@ -27,7 +27,9 @@ def attack_labels(observation: Observation, model: Model, victims, strategy: str
 
     ``strategy="known"`` takes ``labels`` as declared side knowledge (checked: integers in
     ``[0, num_classes)`` of shape ``[victims, local_steps, batch_size]``); ``"idlg"`` reads
-    them off the update (batch of one only).
+    them off the update (batch of one only); ``"counts"`` recovers the batch's label counts
+    with :func:`ilrg_label_counts` (FedSGD) and uses them in ascending order, since
+    gradient matching needs only the multiset.
 
     Raises:
       ValueError: missing or misshapen known labels, or iDLG at batch > 1; before compute.
@@ -36,8 +38,10 @@ def attack_labels(observation: Observation, model: Model, victims, strategy: str
     expected = (len(victims), metadata.local_steps, metadata.batch_size)
     if strategy == "idlg":
         return idlg_labels(observation, model, victims)
+    if strategy == "counts":
+        return labels_from_counts(ilrg_label_counts(observation, model, victims)).reshape(expected)
     if strategy != "known":
-        raise ValueError(f"label strategy must be 'known' or 'idlg', got {strategy!r}")
+        raise ValueError(f"label strategy must be 'known', 'idlg' or 'counts', got {strategy!r}")
     if labels is None:
         raise ValueError("label_strategy 'known' needs labels of shape [victims, local_steps, batch_size]")
     labels = np.asarray(labels)

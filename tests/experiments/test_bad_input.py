@@ -209,3 +209,7 @@ def test_npz_without_the_train_split(tmp_path, no_compute):
     np.savez(path, val_images=np.zeros((4, 28, 28), np.uint8), val_labels=np.zeros((4, 1), np.int64))
     expect_run_error({"data": "medmnist_npz", "data.cohort.path": str(path)},
                      r"lacks key\(s\) \['train_images', 'train_labels'\]", r"it holds \['val_images', 'val_labels'\]")
+
+
+def test_analytic_attack_on_a_model_without_that_layer_fails_before_training(no_compute):
+    expect_run_error({"attack": "analytic", "model": "lenet"}, r"attack\.config\.layer 'dense_0'", r"lenet")
