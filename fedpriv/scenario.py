@@ -484,7 +484,7 @@ def defense_costs(stack: DefenseStack, training, params) -> dict:
                       if "protocol" in report]
     costs = {"defense.name": stack.name, "cost.plaintext_bytes_per_client": plaintext,
              "cost.bytes_per_client": float(np.mean(protocol_bytes)) if protocol_bytes else message}
-    for name in ("num_dropped_nonfinite", "num_screened_out"):
+    for name in ("num_dropped_nonfinite", "num_dropped_oversized", "num_screened_out"):
         counts = [int(report[name]) for report in training.round_reports if name in report]
         if counts:
             costs[f"defense.{name}"] = int(np.sum(counts))

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedpriv.defenses.clipping import per_example_global_norms
 from fedpriv.federated.clients import CLIENT_BACKENDS, for_each_client
 from fedpriv.federated.local_sgd import ClientUpdate
 from fedpriv.typing import ClientData, Params
@@ -91,6 +92,9 @@ class Aggregation:
         a host-side anomaly filter over per-client messages (plaintext only).
       robust_rule: ``None`` or ``rule(messages, weights [C]) -> aggregate`` replacing the
         weighted mean (plaintext only, not with DP-FedAvg).
+      max_update_norm: an update whose global L2 norm exceeds this is absurd for any model
+        (a bug or an attack), is dropped like a non-finite one and counted
+        (``num_dropped_oversized``); DP-FedAvg clips instead.
     """
 
     weighting: str = "examples"
@@ -98,8 +102,11 @@ class Aggregation:
     protocol: Any = None
     screen: Any = None
     robust_rule: Any = None
+    max_update_norm: float = 1e6
 
     def __post_init__(self):
+        if not self.max_update_norm > 0:
+            raise ValueError(f"max_update_norm must be > 0, got {self.max_update_norm!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.protocol is not None and (self.screen is not None or self.robust_rule is not None):
@@ -164,8 +171,12 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
             messages, weights, clip_aux = plan.clip_updates(updates, client_mask)
             info["fraction_clients_clipped"] = clip_aux["fraction_clipped"]
         else:
-            weights = client_weights(aux, client_mask, aggregation.weighting) * finite
-            messages = _mask_clients(updates, finite * present)
+            norms = per_example_global_norms(_mask_clients(updates, finite))
+            sane = jnp.logical_and(finite, norms <= aggregation.max_update_norm)
+            info["num_dropped_oversized"] = jnp.sum(jnp.logical_and(present, jnp.logical_and(finite,
+                                                                                              jnp.logical_not(sane))))
+            weights = client_weights(aux, client_mask, aggregation.weighting) * sane
+            messages = _mask_clients(updates, sane * present)
         return messages, weights, info
 
     def plaintext_sum(messages, weights):

@@ -87,6 +87,15 @@ def test_nonfinite_updates_are_dropped_and_counted():
     assert int(aux["num_dropped_nonfinite"]) == 1
 
 
+def test_absurdly_large_updates_are_dropped_and_counted():
+    # Client B's update is 5 and its weight 1; with a bound of 4 only client A (update 2) counts.
+    state, _, aux = _one_round(Aggregation(max_update_norm=4.0))
+    assert float(state.params["w"]) == pytest.approx(2.0)
+    assert int(aux["num_dropped_oversized"]) == 1 and int(aux["num_dropped_nonfinite"]) == 0
+    with pytest.raises(ValueError, match="max_update_norm"):
+        Aggregation(max_update_norm=0.0)
+
+
 def test_screening_excludes_flagged_clients_and_reports_them():
     def screen_out_large(messages, client_mask, key):
         keep = jnp.abs(messages["w"]) < 4.0
