@@ -68,6 +68,8 @@ class AnomalyConfig:
         least this), so a round of near-identical clients does not flag small differences.
       cosine_scale_floor: least spread assumed for the cosine, likewise; small rounds of
         non-IID hospitals can have a tiny MAD by chance.
+      vae_warmup_rounds: ``0`` (z-scores only) or the rounds whose accepted updates train
+        the VAE detector, which then screens every later round as well.
     """
 
     projection_dim: int = 256
@@ -75,8 +77,11 @@ class AnomalyConfig:
     cosine_z_threshold: float = 4.0
     norm_scale_floor: float = 0.1
     cosine_scale_floor: float = 0.1
+    vae_warmup_rounds: int = 0
 
     def __post_init__(self):
+        if not (isinstance(self.vae_warmup_rounds, int) and self.vae_warmup_rounds >= 0):
+            raise ValueError(f"vae_warmup_rounds must be an integer >= 0, got {self.vae_warmup_rounds!r}")
         _positive_int(self.projection_dim, "projection_dim")
         _positive_real(self.norm_z_threshold, "norm_z_threshold")
         _positive_real(self.cosine_z_threshold, "cosine_z_threshold")

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from fedpriv.defenses.aggregation_protocols import HomomorphicProtocol, SecureAggregationProtocol
-from fedpriv.defenses.anomaly import AnomalyConfig, screen_updates
+from fedpriv.defenses.anomaly import AnomalyConfig, fit_vae_detector, screen_updates, sketch_updates
 from fedpriv.defenses.compression import CompressionPlan
 from fedpriv.defenses.dp_fedavg import DPFedAvgPlan
 from fedpriv.defenses.local_dp import LocalDPPlan
@@ -96,6 +96,28 @@ class TierSettings:
                              f"(which has {sorted(self.budgets)})")
 
 
+def _server_screen(config: AnomalyConfig):
+    """The host-side screen of a run: z-scores from the first round; with a warm-up, a VAE
+    fitted on the updates the z-scores accepted in the first ``vae_warmup_rounds`` rounds
+    screens every later round too. The count-sketch key is public and fixed for the run,
+    so the detector sees every round's sketches in the same coordinates."""
+    projection_key = jax.random.key(0)
+    benign: list[np.ndarray] = []
+    detector = None
+
+    def screen(messages, present, key):
+        nonlocal detector
+        report = screen_updates(messages, np.asarray(present, np.float32), projection_key, config, detector)
+        if detector is None and config.vae_warmup_rounds:
+            sketches = np.asarray(sketch_updates(messages, projection_key, config.projection_dim))
+            benign.append(sketches[np.asarray(report.accepted, bool)])
+            if len(benign) == config.vae_warmup_rounds:
+                detector = fit_vae_detector(np.concatenate(benign), key)
+        return report.accepted, {"rejected": len(report.reasons), "nonfinite": report.num_nonfinite,
+                                 "vae": detector is not None}
+    return screen
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DefenseStack:
     """Every defense of a run except example-level DP-SGD (see the module docstring).
@@ -154,11 +176,7 @@ class DefenseStack:
         """The federated ``Aggregation`` of this stack (secure protocols sum uniformly)."""
         screen = robust_rule = None
         if self.screening is not None:
-            config = self.screening
-
-            def screen(messages, present, key):
-                report = screen_updates(messages, np.asarray(present, np.float32), key, config)
-                return report.accepted, {"rejected": len(report.reasons), "nonfinite": report.num_nonfinite}
+            screen = _server_screen(self.screening)
         if self.robust_aggregation is not None:
             config_rule = self.robust_aggregation
 

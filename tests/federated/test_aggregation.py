@@ -152,3 +152,20 @@ def test_partitioned_training_agrees_across_backends(tiny_conv_model):
     for a, b in zip(jax.tree_util.tree_leaves((vmapped.params, vmapped.private_heads)),
                     jax.tree_util.tree_leaves((looped.params, looped.private_heads))):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_server_screen_fits_its_vae_after_the_warm_up_rounds():
+    from fedpriv.defenses.anomaly import AnomalyConfig
+    from fedpriv.federated.defense_stack import _server_screen
+
+    screen = _server_screen(AnomalyConfig(projection_dim=16, vae_warmup_rounds=3))
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=64).astype(np.float32)
+    for round_index in range(5):
+        messages = {"w": jnp.asarray(direction + 0.1 * rng.normal(size=(6, 64)).astype(np.float32))}
+        keep, report = screen(messages, np.ones(6, bool), jax.random.key(round_index))
+        assert report["vae"] == (round_index >= 2)  # fitted on the accepted updates of rounds 0-2
+    crafted = {"w": jnp.asarray(np.concatenate([direction[None] + 0.1 * rng.normal(size=(5, 64)),
+                                                -30 * direction[None]]).astype(np.float32))}
+    keep, report = screen(crafted, np.ones(6, bool), jax.random.key(9))
+    assert not keep[5] and report["rejected"] >= 1
