@@ -211,6 +211,9 @@ class ScenarioConfig:
                                  "(not defense.tiers)")
         if self.defenses.tiers is not None and self.dp is None:
             raise ValueError("defense.tiers needs example-level DP-SGD: set defense.dp_sgd=true")
+        if self.defenses.tiers is not None and self.dp.stop_on_budget:
+            raise ValueError("privacy.stop_on_budget is not supported with defense.tiers (each tier is calibrated "
+                             "to its own budget for the planned rounds)")
         if self.defenses.dp_fedavg is not None and self.federation.clients_per_round is not None:
             raise ValueError("DP-FedAvg accounts for Poisson client sampling: set algorithm.client_sampling_rate "
                              f"(or full participation) instead of clients_per_round={self.federation.clients_per_round}")
@@ -310,9 +313,6 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
             generator=numpy_generator(jax.random.fold_in(keys.data, round_index + 1)))
 
     ledger = stop_before_round = None
-    if tiered and config.dp.stop_on_budget:
-        raise ValueError("privacy.stop_on_budget is not supported with defense.tiers (each tier is calibrated "
-                         "to its budget for the planned rounds)")
     if plan is not None and config.dp.stop_on_budget:
         ledger = privacy.PrivacyLedger(unit=plan.unit, budget_epsilon=config.dp.target_epsilon,
                                        delta=config.dp.delta, accountant=config.dp.accountant)

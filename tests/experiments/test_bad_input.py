@@ -213,3 +213,9 @@ def test_npz_without_the_train_split(tmp_path, no_compute):
 
 def test_analytic_attack_on_a_model_without_that_layer_fails_before_training(no_compute):
     expect_run_error({"attack": "analytic", "model": "lenet"}, r"attack\.config\.layer 'dense_0'", r"lenet")
+
+
+def test_tiers_without_dp_sgd_or_with_stop_on_budget_are_refused():
+    expect_build_error({"defense": "tiered_dp_sgd", "defense.dp_sgd": "false"}, r"defense\.tiers needs", r"dp_sgd")
+    expect_build_error({"defense": "tiered_dp_sgd", "privacy.stop_on_budget": "true"}, r"stop_on_budget",
+                       r"defense\.tiers")
