@@ -89,7 +89,8 @@ def defense_table(rows: list[dict], output: Path) -> None:
         name = row.get("config.defense.name", "?")
         accuracy = _number(row.get("utility.test_accuracy"))
         epsilon, unit = _number(row.get("privacy.epsilon")), row.get("privacy.unit", "none")
-        tiers = sorted(k for k in row if k.startswith("privacy.tier.") and k.endswith(".epsilon"))
+        tiers = sorted(k for k in row if k.startswith("privacy.tier.") and k.endswith(".epsilon")
+                       and math.isfinite(_number(row[k])))
         if tiers:
             epsilon_text = ", ".join(f"{k.split('.')[2]} {_number(row[k]):.2f}" for k in tiers)
         elif math.isfinite(epsilon):
@@ -100,7 +101,14 @@ def defense_table(rows: list[dict], output: Path) -> None:
             epsilon_text = "none"
         sent, plain = _number(row.get("cost.bytes_per_client")), _number(row.get("cost.plaintext_bytes_per_client"))
         label, leak = _leakage(row)
-        leak_text = f"{label} {leak:.2f}" if label else row.get("attack.status", "n/a")
+        if label:
+            leak_text = f"{label} {leak:.2f}"
+        elif row.get("attack.status"):
+            leak_text = row["attack.status"]
+        elif _number(row.get("attack.records_scored")) == 0:
+            leak_text = "no record in the victims' observed batches"
+        else:
+            leak_text = "n/a"
         lines.append(f"| {name} | {accuracy:.3f} | {epsilon_text} | {sent:,.0f} ({sent / plain:.2f}x) | "
                      f"{_number(row.get('train.seconds_per_round')):.3f} | {leak_text} |")
         points.append((name, accuracy, leak, label))
