@@ -31,6 +31,7 @@ def test_client_screening_accepts_an_honest_model():
     assert metrics["defense.models_refused"] == 0
 
 
+@pytest.mark.slow  # the audit itself is tested in tests/defenses/test_dp_fedavg.py
 def test_dp_fedavg_reports_client_level_epsilon_and_its_audit_stays_below_it():
     metrics = run_smoke({"defense": "dp_fedavg", "attack": "none", "privacy.audit_trials": "1000",
                          "privacy.target_epsilon": "3"}).metrics

