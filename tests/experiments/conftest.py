@@ -81,7 +81,7 @@ def _run_cached(overrides: tuple[str, ...]):
 
 def run_smoke(changes: dict[str, str] | None = None, *, fresh: bool = False):
     """Runs the smoke config with ``changes``; identical configs share one run unless ``fresh``."""
-    overrides = tuple(smoke_overrides(changes))
+    overrides = tuple(sorted(smoke_overrides(changes)))  # one run per config, whatever the order
     if fresh:
         return _run_cached.__wrapped__(overrides)
     return _run_cached(overrides)

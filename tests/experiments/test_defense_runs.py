@@ -10,6 +10,7 @@ IMPRINT = {"attack": "imprint", "algorithm.batch_size": "4", "attack.config.bins
            "attack.public_records": "1024", "data.partition.scheme": "iid"}
 
 
+@pytest.mark.slow  # two imprint runs; the preset smoke run and tests/attacks/test_imprint.py cover the attack
 def test_imprint_recovers_records_exactly_and_through_secure_aggregation():
     plain = run_smoke(IMPRINT).metrics
     assert plain["attack.records_scored"] == 8

@@ -47,6 +47,11 @@ PRESET_CHANGES = {
                                                       ("attack", "code_recovery"))},
     **{(group, option): NOTES_SMOKE for group, option in (("data", "notes"), ("model", "transformer"),
                                                         ("attack", "token_recovery"))},
+    # Defenses that leave the per-client updates visible run without the attack here (their
+    # effect on attacks is tested in test_defense_runs.py); protocols and partitioning keep it.
+    **{("defense", option): {"attack": "none"} for option in
+       ("dp_sgd", "tiered_dp_sgd", "audited_dp_sgd", "dp_fedavg", "local_dp", "top_k", "quantization",
+        "anomaly_screening", "robust_median", "model_screening")},
     # DLG reads the labels jointly; the imprint needs bins for a batch.
     ("attack", "imprint"): {"attack.config.bins": "16"},
 }
@@ -67,8 +72,6 @@ def preset_changes(group: str, option: str, data_paths: dict) -> dict[str, str]:
     """The smoke changes that select ``group=option`` (none for the smoke default itself)."""
     smoke_default = SMOKE.get(group, config_defaults().get(group))
     changes = {} if option == smoke_default else {group: option}
-    if (group, option) in PRESET_CHANGES:
-        changes.pop(group, None)  # the preset's own changes select it (in a fixed order)
     if group == "data":
         changes.update(data_paths.get(option, {}))
     changes.update(PRESET_CHANGES.get((group, option), {}))

@@ -61,6 +61,7 @@ def test_a_schedule_that_goes_negative_fails_before_compute():
         build_scenario(compose_smoke({**COMMON, "privacy": "linear_decay", "privacy.schedule.end": "-0.5"}))
 
 
+@pytest.mark.slow  # the estimators and canaries are tested in tests/privacy
 def test_audit_of_the_run_plan_stays_below_its_one_step_epsilon():
     metrics = run_smoke({**COMMON, "privacy.audit_trials": "2000", "privacy.target_epsilon": "3"}).metrics
     assert metrics["audit.method"] == "clopper_pearson"
