@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedpriv import metrics
@@ -87,6 +88,16 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
     results["attack.seconds"] = seconds
     results["attack.seconds_per_iteration"] = seconds / (attack_iterations(attack) * len(victims))
     return results, truth, reconstructed
+
+
+def merge_participants(client_data: ClientData, partition: list[np.ndarray]) -> tuple[ClientData, list[np.ndarray]]:
+    """The round's participants as ONE client (what an aggregate mixes), and its hospital."""
+    present = np.flatnonzero(np.asarray(client_data.client_mask) > 0)
+    flat = lambda a: np.asarray(a)[present].reshape(1, 1, -1, *np.asarray(a).shape[3:])
+    merged = ClientData(examples={name: jnp.asarray(flat(value)) for name, value in client_data.examples.items()},
+                        example_mask=jnp.asarray(flat(client_data.example_mask)), client_mask=jnp.ones(1),
+                        record_ids=jnp.asarray(flat(client_data.record_ids)))
+    return merged, [np.concatenate([partition[c] for c in present])]
 
 
 def known_labels(client_data: ClientData, client: int, batch_size: int) -> np.ndarray:
