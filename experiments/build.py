@@ -12,12 +12,14 @@ from hydra.utils import instantiate
 
 from fedpriv.attacks import AttackCompilation
 from fedpriv.compilation import choose_compilation
-from fedpriv.federated.defense_stack import DefenseStack, DPFedAvgSettings, TierSettings
-from fedpriv.scenario import DPSGDSettings, ScenarioConfig
+from fedpriv.defenses.plans import (CombinedPrivacyConfig, DPFedAvgConfig, DPSGDConfig, LocalDPConfig,
+                                    NoPrivacyConfig, PrivacyConfig, TieredDPSGDConfig)
+from fedpriv.federated.defense_stack import DefenseStack
+from fedpriv.scenario import PrivacyOptions, ScenarioConfig
 
 # The components a conf/defense/*.yaml may set (each null when off), in stack order.
 STACK_COMPONENTS = ("dp_fedavg", "tiers", "local_dp", "compression", "protocol", "screening",
-                    "robust_aggregation", "private_head", "audit_ledger", "model_screening")
+                    "robust_aggregation", "private_head", "audit_log", "model_screening")
 
 
 def resolve_impl(cfg: DictConfig) -> DictConfig:
@@ -35,24 +37,12 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
     """Turns the composed config into a validated ``ScenarioConfig`` (no compute yet).
 
     ``output_dir`` is the run's folder, for artifacts the scenario writes itself (the
-    audit ledger)."""
+    audit log, the membership coins)."""
     cfg = resolve_impl(cfg)
-    defense = cfg.defense
-    unknown = sorted(set(defense) - {"name", "dp_sgd", "l2_clip_norm", "noise_multiplier", *STACK_COMPONENTS})
+    unknown = sorted(set(cfg.defense) - {"name", "dp_sgd", "l2_clip_norm", "noise_multiplier", *STACK_COMPONENTS})
     if unknown:
         raise ValueError(f"defense has unknown key(s) {unknown}; allowed: name, dp_sgd, l2_clip_norm, "
                          f"noise_multiplier, {', '.join(STACK_COMPONENTS)}")
-    dp = None
-    if defense.get("dp_sgd", False):
-        dp = DPSGDSettings(l2_clip_norm=float(defense.l2_clip_norm),
-                           noise_multiplier=(None if defense.noise_multiplier is None
-                                             else float(defense.noise_multiplier)),
-                           target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
-                           accountant=str(cfg.privacy.accountant),
-                           schedule=OmegaConf.to_container(cfg.privacy.schedule, resolve=True),
-                           stop_on_budget=bool(cfg.privacy.stop_on_budget),
-                           audit_trials=int(cfg.privacy.audit_trials))
-    stack = build_defense_stack(cfg)
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
     return ScenarioConfig(
         seed=int(cfg.seed),
@@ -62,9 +52,12 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
         partition=instantiate(cfg.data.partition, _convert_="all"),
         model_factory=instantiate(cfg.model, _convert_="all"),
         federation=instantiate(cfg.algorithm, _convert_="all"),
-        dp=dp,
-        defenses=stack,
-        delta=float(cfg.privacy.delta),
+        privacy=build_privacy_config(cfg),
+        privacy_options=PrivacyOptions(
+            delta=float(cfg.privacy.delta), accountant=str(cfg.privacy.accountant),
+            stop_on_budget=bool(cfg.privacy.stop_on_budget), audit_trials=int(cfg.privacy.audit_trials),
+            secure_randomness=bool(cfg.privacy.get("secure_randomness", False))),
+        defenses=build_defense_stack(cfg),
         attack=attack,
         attack_compilation=AttackCompilation(loop=str(cfg.impl.attack_loop),
                                               batching=str(cfg.impl.attack_batching),
@@ -79,25 +72,53 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
     )
 
 
-def build_defense_stack(cfg: DictConfig) -> DefenseStack:
-    """The defense group's stack components as typed objects (null components stay off)."""
-    defense = cfg.defense
-    parts = {}
+def build_privacy_config(cfg: DictConfig) -> PrivacyConfig:
+    """The run's privacy config from the defense and privacy groups: the parts that are on,
+    in client-stage order (local DP, DP-SGD plain or tiered, DP-FedAvg)."""
+    defense, options = cfg.defense, cfg.privacy
+    common = dict(delta=float(options.delta), accountant=str(options.accountant))
+    parts = []
+    if defense.get("local_dp") is not None:
+        parts.append(LocalDPConfig(mechanism=instantiate(defense.local_dp, _convert_="all"), **common))
+    if defense.get("tiers") is not None and not defense.get("dp_sgd", False):
+        raise ValueError("defense.tiers needs example-level DP-SGD: set defense.dp_sgd=true")
+    if defense.get("dp_sgd", False) and defense.get("tiers") is not None:
+        parts.append(TieredDPSGDConfig(budgets=OmegaConf.to_container(defense.tiers.budgets, resolve=True),
+                                       method=str(defense.tiers.method), l2_clip_norm=_number(defense.l2_clip_norm),
+                                       **common))
+    elif defense.get("dp_sgd", False):
+        parts.append(DPSGDConfig(l2_clip_norm=_number(defense.l2_clip_norm),
+                                 noise_multiplier=_optional_number(defense.noise_multiplier),
+                                 target_epsilon=_number(options.target_epsilon),
+                                 schedule=OmegaConf.to_container(options.schedule, resolve=True), **common))
     if defense.get("dp_fedavg") is not None:
         settings = defense.dp_fedavg
-        parts["dp_fedavg"] = DPFedAvgSettings(
-            l2_clip_norm=float(settings.l2_clip_norm),
-            noise_multiplier=None if settings.noise_multiplier is None else float(settings.noise_multiplier),
-            target_epsilon=float(cfg.privacy.target_epsilon), delta=float(cfg.privacy.delta),
-            accountant=str(cfg.privacy.accountant), audit_trials=int(cfg.privacy.audit_trials))
-    if defense.get("tiers") is not None:
-        parts["tiers"] = TierSettings(budgets=OmegaConf.to_container(defense.tiers.budgets, resolve=True),
-                                      method=str(defense.tiers.method))
-    for name in ("local_dp", "compression", "protocol", "screening", "robust_aggregation", "model_screening"):
+        parts.append(DPFedAvgConfig(l2_clip_norm=_number(settings.l2_clip_norm),
+                                    noise_multiplier=_optional_number(settings.noise_multiplier),
+                                    target_epsilon=_number(options.target_epsilon), **common))
+    if not parts:
+        return NoPrivacyConfig()
+    return parts[0] if len(parts) == 1 else CombinedPrivacyConfig(parts=tuple(parts))
+
+
+def _number(value):
+    """YAML numbers as floats; anything else is left for the config's own check to name."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _optional_number(value):
+    return None if value is None else _number(value)
+
+
+def build_defense_stack(cfg: DictConfig) -> DefenseStack:
+    """The defense group's non-privacy components as typed objects (null components stay off)."""
+    defense = cfg.defense
+    parts = {}
+    for name in ("compression", "protocol", "screening", "robust_aggregation", "model_screening"):
         if defense.get(name) is not None:
             parts[name] = instantiate(defense[name], _convert_="all")
     return DefenseStack(name=str(defense.name), private_head=bool(defense.get("private_head", False)),
-                        audit_ledger=bool(defense.get("audit_ledger", False)), **parts)
+                        audit_log=bool(defense.get("audit_log", False)), **parts)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, object]:

@@ -94,9 +94,8 @@ def defense_table(rows: list[dict], output: Path) -> None:
         if tiers:
             epsilon_text = ", ".join(f"{k.split('.')[2]} {_number(row[k]):.2f}" for k in tiers)
         elif math.isfinite(epsilon):
-            epsilon_text = f"{epsilon:.2f} ({unit})"
-        elif row.get("privacy.local_dp.epsilon_per_round"):
-            epsilon_text = f"{_number(row['privacy.local_dp.epsilon_per_round']):g} per round (local)"
+            local = " local" if row.get("privacy.relation") == "replace_one_local" else ""
+            epsilon_text = f"{epsilon:.2f} ({unit}{local})"
         else:
             epsilon_text = "none"
         sent, plain = _number(row.get("cost.bytes_per_client")), _number(row.get("cost.plaintext_bytes_per_client"))

@@ -7,22 +7,26 @@ records the victims really used that round is done here with ``fedpriv.metrics``
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedpriv import data as data_lib
 from fedpriv import metrics
 from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
 from fedpriv.attacks.analytic import AnalyticConfig, analytic_attack
 from fedpriv.attacks.code_recovery import CodeRecoveryConfig, recover_codes
 from fedpriv.attacks.dlg import DLGConfig, deep_leakage
 from fedpriv.attacks.generative_prior import GenerativePriorConfig, invert_with_prior
-from fedpriv.attacks.imprint import ImprintConfig, recover_from_imprint
+from fedpriv.attacks.image_prior import train_image_prior
+from fedpriv.attacks.imprint import ImprintConfig, make_imprint_model, recover_from_imprint
 from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens, token_bag
 from fedpriv.metrics import codes as code_metrics
 from fedpriv.metrics import tokens as token_metrics
+from fedpriv.keys import numpy_generator
 from fedpriv.typing import ClientData, Model, Observation, Reconstruction
 
 IMAGE_ATTACKS = (InvertingGradientsConfig, DLGConfig, GenerativePriorConfig, ImprintConfig, AnalyticConfig)
@@ -87,6 +91,83 @@ def run_attack(attack, *, observation: Observation, client_data: ClientData, mod
                                                              cohort)
     results["attack.seconds"] = seconds
     results["attack.seconds_per_iteration"] = seconds / (attack_iterations(attack) * len(victims))
+    return results, truth, reconstructed
+
+
+@dataclasses.dataclass(frozen=True)
+class Threat:
+    """The attacker before training: the model the server sends (crafted by a malicious
+    server), its public images and the prior it trained on them."""
+
+    model: Model
+    public_images: np.ndarray | None = None
+    prior: object = None
+    prior_seconds: float = 0.0
+
+
+def prepare_attack(config, model: Model, cohorts, keys) -> Threat:
+    """Public knowledge (phantoms of other patients, never the cohort's), a malicious
+    server's crafted model, and a generative prior trained before the attack."""
+    attack = config.attack
+    if isinstance(attack, AnalyticConfig):
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *model.input_shape)))
+        if "bias" not in shapes.get(attack.layer, {}):
+            raise ValueError(f"attack.config.layer {attack.layer!r} is not a dense layer with bias of model "
+                             f"{model.name!r}; its layers: {sorted(shapes)}")
+    if not isinstance(attack, ImprintConfig) and config.attack_prior is None:
+        return Threat(model=model)
+    input_shape, num_classes = cohorts.train.input_shape, cohorts.train.num_classes
+    public_images = data_lib.make_phantom_cohort(
+        config.public_records, input_shape[0], numpy_generator(jax.random.fold_in(keys.attack, 3)),
+        num_classes=min(num_classes, 5)).images
+    if isinstance(attack, ImprintConfig):  # the malicious server crafts the model it sends
+        model, _ = make_imprint_model(model, bins=attack.bins, measurement=attack.measurement,
+                                      public_inputs=public_images, key=jax.random.fold_in(keys.attack, 4),
+                                      output_scale=attack.output_scale, gain=attack.gain,
+                                      lowest_level=attack.lowest_level)
+        return Threat(model=model, public_images=public_images)
+    started = time.perf_counter()
+    prior = train_image_prior(public_images, config.attack_prior, jax.random.fold_in(keys.attack, 5))
+    return Threat(model=model, public_images=public_images, prior=prior, prior_seconds=time.perf_counter() - started)
+
+
+def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: int, keys):
+    """Observes the chosen round and runs the configured attack on it; scores it against the truth."""
+    if config.attack is None:
+        return {}, None, None
+    training, partition = trained.training, cohorts.partition
+    if observe_round not in training.observations:
+        return {"attack.status": f"round {observe_round} was never run: {training.stop_reason}"}, None, None
+    observation = training.observations[observe_round]
+    client_data = training.observed_data[observe_round]
+    results: dict = {"attack.round": observe_round}
+    if observation.aggregated and not isinstance(config.attack, ImprintConfig):
+        results["attack.status"] = ("the server observed only the aggregate of the updates "
+                                    f"({config.defenses.protocol.name}): no per-hospital update to invert")
+        return results, None, None
+    if observation.aggregated:
+        # The imprint reads records off the SUM: every participant's records are the victims'.
+        merged, merged_partition = merge_participants(client_data, partition)
+        observation = dataclasses.replace(observation, metadata=dataclasses.replace(observation.metadata,
+                                                                                     client_ids=(0,)))
+        scores, truth, reconstructed = run_attack(
+            config.attack, observation=observation, client_data=merged, model=threat.model, victims=[0],
+            key=keys.attack, compilation=config.attack_compilation, cohort=cohorts.train, partition=merged_partition)
+        return {**results, **scores}, truth, reconstructed
+    if not observation.metadata.client_ids:
+        # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
+        return ({**results, "attack.status": f"no hospital sent an update in round {observe_round}",
+                 "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0}, None, None)
+    victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
+    noise_stddev = plan.update_noise_stddev(observe_round, learning_rate=config.federation.local.learning_rate,
+                                            local_steps=config.federation.local_steps)
+    scores, truth, reconstructed = run_attack(
+        config.attack, observation=observation, client_data=client_data, model=threat.model, victims=victims,
+        key=keys.attack, compilation=config.attack_compilation, cohort=cohorts.train, partition=partition,
+        prior=threat.prior, noise_stddev=noise_stddev)
+    results.update(scores)
+    if threat.prior is not None:
+        results["attack.prior_training_seconds"] = threat.prior_seconds
     return results, truth, reconstructed
 
 

@@ -1,6 +1,7 @@
-"""The scenario's measurements besides the attack: defense costs, membership inference
-and the white-box canary audit of the run's DP plan (part of the scenario: they read the
-ground truth or the plan, never an attack's view)."""
+"""The scenario's measurements besides the attack: utility and timings, what the defenses cost,
+the privacy the plan guarantees (its report, the audit log, a white-box canary audit) and
+membership inference. Part of the scenario: they read the ground truth or the plan, never
+an attack's view."""
 
 from __future__ import annotations
 
@@ -12,76 +13,121 @@ import numpy as np
 from fedpriv import metrics
 from fedpriv import privacy
 from fedpriv.attacks import LiraConfig, lira_attack, loss_threshold_scores
-from fedpriv.defenses import DPFedAvgPlan, DPSGDPlan
-from fedpriv.federated.defense_stack import DefenseStack
+from fedpriv.privacy.auditing_one_run import one_run_audit, one_run_epsilon_lower_bound
 from fedpriv.typing import Model
 
+# The one-run audit guesses "member" for the highest scores and "non-member" for the lowest;
+# the counts are fixed before any score is seen (choosing them afterwards is a multiple comparison).
+ONE_RUN_GUESS_FRACTION = 0.1
+TPR_AT_FPR = (0.001, 0.01)
 
-def defense_costs(stack: DefenseStack, training, params) -> dict:
-    """What the defenses cost per client and round, and what they screened out."""
+
+def training_metrics(trained, cohorts, model: Model) -> dict:
+    """Utility (each hospital's model on the test set, averaged under partitioning), time, data sizes."""
+    training, partitioned = trained.training, trained.federation.config.private_head
+    clients = range(len(cohorts.partition)) if partitioned else [0]
+    accuracies = [metrics.accuracy(model, training.hospital_params(model, client), cohorts.test.images,
+                                   cohorts.test.labels) for client in clients]
+    return {
+        "utility.test_accuracy": float(np.mean(accuracies)),
+        "train.seconds": float(np.sum(training.seconds_per_round)),
+        "train.seconds_per_round": float(np.median(training.seconds_per_round)) if training.seconds_per_round else 0.0,
+        "train.rounds_run": training.rounds_run,
+        "train.stop_reason": training.stop_reason,
+        "data.num_train_records": int(cohorts.train.num_records),
+        "data.num_test_records": int(cohorts.test.num_records),
+        "data.smallest_hospital": int(cohorts.sizes.min()),
+        "data.largest_hospital": int(cohorts.sizes.max()),
+        "model.num_params": int(sum(x.size for x in jax.tree_util.tree_leaves(trained.initial_params))),
+    }
+
+
+def defense_costs(stack, trained) -> dict:
+    """What the defenses cost per client and round, and what they dropped, screened or aborted."""
+    params, stats = trained.initial_params, trained.training.round_stats
     plaintext = float(sum(4 * np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
-    message = stack.message_bytes(params)
-    protocol_bytes = [float(report["protocol"]["bytes_per_client"]) for report in training.round_reports
-                      if "protocol" in report]
+    protocol_bytes = [float(round_stats["protocol"]["bytes_per_client"]) for round_stats in stats
+                      if "protocol" in round_stats]
     costs = {"defense.name": stack.name, "cost.plaintext_bytes_per_client": plaintext,
-             "cost.bytes_per_client": float(np.mean(protocol_bytes)) if protocol_bytes else message}
+             "cost.bytes_per_client": float(np.mean(protocol_bytes)) if protocol_bytes else stack.message_bytes(params),
+             "defense.rounds_aborted": int(trained.training.rounds_aborted)}
     for name in ("num_dropped_nonfinite", "num_dropped_oversized", "num_screened_out"):
-        counts = [int(report[name]) for report in training.round_reports if name in report]
+        counts = [int(round_stats[name]) for round_stats in stats if name in round_stats]
         if counts:
             costs[f"defense.{name}"] = int(np.sum(counts))
+    if trained.screens is not None:
+        refusals = trained.screens.refusals
+        costs["defense.models_refused"] = len(refusals)
+        costs["defense.first_refusal"] = "; ".join(refusals[0][2]) if refusals else ""
     return costs
 
 
-def membership_inference(config: LiraConfig, model: Model, params, train_cohort, test_cohort, hospital: np.ndarray,
-                         key: jax.Array) -> dict:
-    """LiRA and the loss-threshold baseline on one hospital's records against the federated model.
-
-    Candidates: the hospital's training records (members) and the same number of
-    held-out test records (non-members), shuffled; the attacker never sees which is which.
-    """
-    started = time.perf_counter()
-    count = min(len(hospital), test_cohort.num_records)
-    order = np.asarray(jax.random.permutation(key, 2 * count))
-    x = np.concatenate([train_cohort.images[hospital[:count]], test_cohort.images[:count]])[order]
-    y = np.concatenate([train_cohort.labels[hospital[:count]], test_cohort.labels[:count]])[order]
-    is_member = (np.arange(2 * count) < count)[order]
-    empty_x, empty_y = x[:0], y[:0]
-    lira = lira_attack(model, params, x, y, empty_x, empty_y, config, jax.random.fold_in(key, 1))
-    loss = loss_threshold_scores(model, params, x, y)
-    results = {"membership.candidates": int(2 * count), "membership.shadows": config.num_shadows}
-    for name, scores in (("lira", lira.scores), ("loss", loss)):
-        results[f"membership.{name}.auc"] = metrics.auc(scores, is_member)
-        for fpr in (0.001, 0.01):
-            results[f"membership.{name}.tpr_at_fpr_{fpr:g}"] = float(metrics.tpr_at_fpr(scores, is_member, fpr))
-        # The same scores as an empirical epsilon lower bound (one run, independent members),
-        # when the split halves are large enough to certify anything at all.
-        if privacy.max_certifiable_epsilon(num_present=count // 2, num_absent=count // 2) > 0:
-            audit = privacy.clopper_pearson_audit(scores[is_member], scores[~is_member], threshold_selection="split")
-            results[f"membership.{name}.epsilon_lower_bound"] = audit.epsilon_lower_bound
-    results["membership.seconds"] = time.perf_counter() - started
+def privacy_metrics(plan, trained, options, key: jax.Array) -> dict:
+    """The plan's guarantee (or what a stop-on-budget ledger spent), how the noise was drawn,
+    the audit log's verification and the white-box canary audit of one release."""
+    results = plan.report(trained.ledger.spent() if trained.ledger is not None else None)
+    results["privacy.randomness"] = ("os_entropy" if options.secure_randomness
+                                     else "seed_derived (a simulation: the guarantee assumes the seed is secret)")
+    if trained.recorder is not None:
+        results.update(trained.recorder.verify())
+    if options.audit_trials:
+        for index, (name, mechanism) in enumerate(plan.audit_mechanisms().items()):
+            prefix = "audit" if index == 0 else f"audit.{name}"
+            report = audit_one_release(mechanism, options.audit_trials, options.delta,
+                                       jax.random.fold_in(key, index), trained.initial_params)
+            results.update({key_.replace("audit", prefix, 1): value for key_, value in report.items()})
     return results
 
 
-def audit_one_step(plan, trials: int, delta: float, key: jax.Array, params) -> dict:
-    """White-box canary audit of one release of ``plan``'s code at its weakest round.
+def audit_one_release(mechanism, trials: int, delta: float, key: jax.Array, params) -> dict:
+    """White-box canary audit of one release of ``mechanism`` (a plan's ``audit_mechanisms``).
 
-    Runs the plan's own ``private_gradient`` (clip, noise on the sum) with and without a
-    canary of norm ``l2_clip_norm`` in a model-sized parameter space — a canary example
-    for DP-SGD, a canary client update for DP-FedAvg — and states the Clopper-Pearson
-    lower bound (95 %, split threshold) beside the accountant's epsilon for that one
-    release (q = 1): a lower bound above it means the noise code does not do what the
-    plan accounts for.
+    Runs the mechanism's own ``private_gradient`` (clip, noise on the sum) with and without
+    a canary of norm ``l2_clip_norm`` in a model-sized parameter space and states the
+    Clopper-Pearson lower bound (95 %, split threshold) beside the accountant's epsilon of
+    that one release: a lower bound above it means the noise code does not do what the
+    plan accounts for. The whole round is audited by :func:`fedpriv.federated.audit_round`.
     """
-    if isinstance(plan, DPFedAvgPlan):
-        weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.rounds))
-        one_step = DPFedAvgPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, client_sampling_rate=1.0,
-                                rounds=1, expected_clients_per_round=plan.expected_clients_per_round)
-    else:
-        weakest = min(plan.noise_multiplier_in_round(r) for r in range(plan.steps // plan.steps_per_round))
-        one_step = DPSGDPlan(l2_clip_norm=plan.l2_clip_norm, noise_multiplier=weakest, sampling_rate=1.0, steps=1,
-                             expected_batch_size=plan.expected_batch_size)
-    canary_trials = privacy.run_gradient_canary_trials(one_step, trials, key, params_template=params)
+    canary_trials = privacy.run_gradient_canary_trials(mechanism, trials, key, params_template=params)
     result = privacy.clopper_pearson_audit(canary_trials.present_scores, canary_trials.absent_scores, delta=delta,
                                            threshold_selection="split")
-    accountant_epsilon = one_step.report(delta).epsilon if weakest > 0 else float("inf")
+    accountant_epsilon = mechanism.report(delta).epsilon if mechanism.noise_multiplier > 0 else float("inf")
     return privacy.audit_report(result, accountant_epsilon)
+
+
+def membership_metrics(config: LiraConfig, model: Model, params, cohorts, key: jax.Array, *, delta: float,
+                       accountant_epsilon: float) -> dict:
+    """LiRA and the loss threshold against the final model, on the target hospital's records.
+
+    Members and non-members are the target hospital's own records split by fair coins
+    before training (:class:`fedpriv.scenario_federation.MembershipSplit`), so the scores
+    separate membership, not hospitals or domains. Reported per attack: AUC with DeLong's
+    95 % interval, TPR at FPR 0.1 % and 1 % (read them with ``membership.records_scored``:
+    a TPR at an FPR below one over the non-members is a single record), and an epsilon
+    lower bound from ONE training run (Steinke, Nasr, Jagielski 2023, arXiv 2305.08846) at
+    the accountant's delta, valid because the coins are independent and fair and the guess
+    counts are fixed in advance; omitted when the records are too few to certify anything.
+    """
+    started = time.perf_counter()
+    split = cohorts.membership
+    x, y = cohorts.train.images[split.records], cohorts.train.labels[split.records]
+    lira = lira_attack(model, params, x, y, x[:0], y[:0], config, key)
+    count = split.records.size
+    guesses = max(1, int(round(ONE_RUN_GUESS_FRACTION * count)))
+    certifiable = one_run_epsilon_lower_bound(num_canaries=count, num_guesses=2 * guesses,
+                                              num_correct=2 * guesses, delta=delta) > 0
+    results = {"membership.records_scored": int(count), "membership.members": int(split.included.sum()),
+               "membership.shadows": config.num_shadows, "membership.accountant_epsilon": accountant_epsilon,
+               "membership.delta": delta}
+    for name, scores in (("lira", lira.scores), ("loss", loss_threshold_scores(model, params, x, y))):
+        results[f"membership.{name}.auc"] = metrics.auc(scores, split.included)
+        low, high = metrics.auc_confidence_interval(scores, split.included)
+        results[f"membership.{name}.auc_low"], results[f"membership.{name}.auc_high"] = low, high
+        for fpr in TPR_AT_FPR:
+            results[f"membership.{name}.tpr_at_fpr_{fpr:g}"] = float(metrics.tpr_at_fpr(scores, split.included, fpr))
+        if certifiable:
+            audit = one_run_audit(scores, split.included, num_positive_guesses=guesses,
+                                  num_negative_guesses=guesses, delta=delta)
+            results[f"membership.{name}.epsilon_lower_bound"] = audit.epsilon_lower_bound
+    results["membership.seconds"] = time.perf_counter() - started
+    return results

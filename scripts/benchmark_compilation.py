@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients  # noqa: E402
 from fedpriv.federated import (LocalTrainingConfig, for_each_client, make_client_update,  # noqa: E402
-                               make_round, init_server_state, make_server_optimizer)
+                               make_round, init_server_state, initial_stage_states, make_server_optimizer)
+from fedpriv.defenses.plans import BatchSampling, NoPrivacy  # noqa: E402
+from fedpriv.defenses.server_stages import ServerPipeline  # noqa: E402
 from fedpriv.models import make_model  # noqa: E402
 from fedpriv.typing import ClientData, Observation, ProtocolMetadata  # noqa: E402
 
@@ -59,19 +61,21 @@ def time_clients(model_name, options, backend, clients, steps, batch, rounds=2):
     model = make_model(model_name, input_shape=(32, 32, 1), num_classes=4, **options)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)))
     optimizer = make_server_optimizer("sgd", 1.0)
+    plan, pipeline = NoPrivacy(batch_sampling=BatchSampling(kind="shuffle", capacity=batch)), ServerPipeline()
     round_function = make_round(make_client_update(model, LocalTrainingConfig(learning_rate=0.05)), optimizer,
-                                 backend=backend)
+                                backend=backend, pipeline=pipeline, weights=plan.aggregation_weights)
     x = jax.random.uniform(jax.random.key(1), (clients, steps, batch, 32, 32, 1))
     data = ClientData(examples={"x": x, "y": jnp.zeros((clients, steps, batch), jnp.int32)},
                       example_mask=jnp.ones((clients, steps, batch)), client_mask=jnp.ones(clients),
                       record_ids=jnp.zeros((clients, steps, batch), jnp.int32))
     state = init_server_state(params, optimizer)
     keys = jax.random.split(jax.random.key(2), clients)
-    state, _, _ = round_function(state, data, keys)  # compile
+    stage_states, noise = initial_stage_states(pipeline, jax.random.key(3)), plan.round_noise(0).traced()
+    state = round_function(state, data, keys, stage_states, noise).state  # compile
     jax.block_until_ready(state.params)
     start = time.perf_counter()
     for _ in range(rounds):
-        state, _, _ = round_function(state, data, keys)
+        state = round_function(state, data, keys, stage_states, noise).state
     jax.block_until_ready(state.params)
     return (time.perf_counter() - start) / rounds
 

@@ -215,6 +215,7 @@ class DPSGDPlan:
         example_mask: Array,
         noise_state: noise_lib.GaussianNoiseState,
         noise_multiplier: Array | None = None,
+        example_tiers: Array | None = None,
     ) -> tuple[Params, noise_lib.GaussianNoiseState, dict[str, Array]]:
         """One DP-SGD gradient: ``(clipped sum + noise) / expected_batch_size``.
 

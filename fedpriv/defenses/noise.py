@@ -22,6 +22,7 @@ a noise stddev.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple
 
@@ -105,3 +106,23 @@ def add_gaussian_noise(stddev: float | Array, key: PRNGKey) -> optax.GradientTra
         return _noised(updates, state, stddev)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def update_noise_stddev(noise_stddev: float, expected_batch_size: float, *, learning_rate: float = 1.0,
+                        local_steps: int = 1) -> float:
+    """Per-coordinate stddev of the DP noise in a client update, from public plan facts.
+
+    A DP-SGD step adds ``N(0, noise_stddev^2)`` to the clipped sum (``noise_stddev`` is
+    the plan's ``noise_multiplier * l2_clip_norm``) and divides by the public expected
+    batch size; plain local SGD sums ``local_steps`` independent such draws times the
+    learning rate. No noise (``noise_stddev == 0``) gives 0.
+    """
+    if noise_stddev == 0:
+        return 0.0
+    for name, value in (("noise_stddev", noise_stddev), ("expected_batch_size", expected_batch_size),
+                        ("learning_rate", learning_rate)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if isinstance(local_steps, bool) or not isinstance(local_steps, int) or local_steps < 1:
+        raise ValueError(f"local_steps must be an integer >= 1, got {local_steps!r}")
+    return float(learning_rate * noise_stddev / expected_batch_size * math.sqrt(local_steps))

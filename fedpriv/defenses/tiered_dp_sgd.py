@@ -178,7 +178,7 @@ class TieredDPSGDPlan:
 
     def private_gradient(self, per_example_grads: Params, example_mask: Array,
                          noise_state: noise_lib.GaussianNoiseState, noise_multiplier: Array | None = None, *,
-                         example_tiers: Array) -> tuple[Params, noise_lib.GaussianNoiseState, dict[str, Array]]:
+                         example_tiers: Array | None) -> tuple[Params, noise_lib.GaussianNoiseState, dict[str, Array]]:
         """One tiered DP-SGD gradient: each example clipped to its tier's norm, summed, noised.
 
         ``noise_multiplier`` is ignored: the noise stddev is the plan's (tiers have no
@@ -191,6 +191,9 @@ class TieredDPSGDPlan:
         - Relation: add/remove-one record of the tier. Unit: one record.
         - Not protected: ``aux``; reusing a noise state.
         """
+        if example_tiers is None:
+            raise ValueError("a tiered DP plan needs each record's tier id: build the round data with record_tiers "
+                             "so examples carry a 'tier' entry")
         clip_per_example = jnp.asarray(self.clip_norms, jnp.float32)[example_tiers]
         norms = clipping.per_example_global_norms(per_example_grads)
         factors = jnp.minimum(1.0, clip_per_example / jnp.maximum(norms, 1e-12))

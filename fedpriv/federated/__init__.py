@@ -1,13 +1,15 @@
-"""Federated simulation: the client function, client backends, FedSGD/FedAvg rounds."""
+"""Federated simulation: the client function, client backends, FedSGD/FedAvg rounds, training."""
 
 from fedpriv.federated.clients import CLIENT_BACKENDS, for_each_client
-from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update, masked_mean_loss
-from fedpriv.federated.server import (ServerState, aggregate, client_weights, init_server_state,
-                                      make_round, make_server_optimizer)
-from fedpriv.federated.training import FederatedConfig, TrainingResult, sample_clients, train
+from fedpriv.federated.local_sgd import ClientReport, LocalTrainingConfig, make_client_update, masked_mean_loss
+from fedpriv.federated.rounds import (RoundOutcome, ServerState, init_server_state, initial_stage_states, make_round,
+                                      make_server_optimizer)
+from fedpriv.federated.training import (FederatedConfig, Federation, TrainingHooks, TrainingKeys, TrainingResult,
+                                        sample_clients, train)
 
 __all__ = [
-    "CLIENT_BACKENDS", "FederatedConfig", "LocalTrainingConfig", "ServerState", "TrainingResult",
-    "aggregate", "client_weights", "for_each_client", "init_server_state", "make_client_update",
-    "make_round", "make_server_optimizer", "masked_mean_loss", "sample_clients", "train",
+    "CLIENT_BACKENDS", "ClientReport", "FederatedConfig", "Federation", "LocalTrainingConfig", "RoundOutcome",
+    "ServerState", "TrainingHooks", "TrainingKeys", "TrainingResult", "for_each_client", "init_server_state",
+    "initial_stage_states", "make_client_update", "make_round", "make_server_optimizer", "masked_mean_loss",
+    "sample_clients", "train",
 ]

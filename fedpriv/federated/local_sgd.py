@@ -19,9 +19,31 @@ from fedpriv.typing import Batch, Model, Params
 LOCAL_STEP_LOOPS = ("unroll", "scan")
 LOCAL_OPTIMIZERS = ("sgd", "adam")
 
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ClientReport:
+    """What a hospital computes beside the update it sends (per client: leading axis ``[C]``).
+
+    None of it is sent: under DP the realised count is private and unnoised, so only a
+    plan without DP may weight by it (``fedpriv.defenses.plans``).
+
+    Attributes:
+      num_examples: real examples the client processed this round.
+      fraction_clipped: share of its DP-SGD examples whose gradient was clipped (0 without DP).
+      kept_update: the update of the layers the hospital keeps (model partitioning's private
+        head), applied by the hospital itself; ``{}`` when nothing is kept.
+    """
+
+    num_examples: jax.Array
+    fraction_clipped: jax.Array
+    kept_update: Params = dataclasses.field(default_factory=dict)
+
+
 # client_update(params, examples {"x": [S, B, ...], "y": [S, B]}, example_mask [S, B], key,
-#               noise_multiplier=None) -> (update = local_params - params, aux dict of scalars)
-ClientUpdate = Callable[..., tuple[Params, dict[str, jax.Array]]]
+#               noise_multiplier=None) -> (update = local_params - params, ClientReport)
+ClientUpdate = Callable[..., tuple[Params, ClientReport]]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,7 +105,7 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
 
     Returns:
       ``client_update(params, examples, example_mask, key, noise_multiplier=None) ->
-      (update, aux)``; ``noise_multiplier`` is this round's value of the plan's noise
+      (update, ClientReport)``; ``noise_multiplier`` is this round's value of the plan's noise
       schedule (a traced scalar, so schedules never recompile), ignored without DP.
     """
     if config.optimizer == "adam":
@@ -100,18 +122,11 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
     else:
         from fedpriv.defenses import per_example_gradients  # defenses sit beside federated
 
-        tiered = hasattr(dp_plan, "tier_names")  # each record clipped or sampled by its sensitivity tier
-
         def step_gradient(params, batch, mask, noise_state, noise_multiplier):
             grads = per_example_gradients(model.per_example_loss, params, batch)
-            if tiered:
-                if "tier" not in batch:
-                    raise ValueError("a tiered DP plan needs each record's tier id: build the round data with "
-                                     "record_tiers so examples carry a 'tier' entry")
-                gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier,
-                                                                      example_tiers=batch["tier"])
-            else:
-                gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier)
+            # Tiered mechanisms clip or sample each record by its tier; plain DP-SGD ignores tiers.
+            gradient, noise_state, aux = dp_plan.private_gradient(grads, mask, noise_state, noise_multiplier,
+                                                                  example_tiers=batch.get("tier"))
             return gradient, noise_state, aux["fraction_clipped"]
 
     def local_step(carry, step_inputs, noise_multiplier):
@@ -144,7 +159,6 @@ def make_client_update(model: Model, config: LocalTrainingConfig, dp_plan: Any =
             fractions = jnp.stack(fractions)
         local_params = carry[0]
         update = jax.tree_util.tree_map(lambda new, old: new - old, local_params, params)
-        aux = {"num_examples": jnp.sum(example_mask), "fraction_clipped": jnp.mean(fractions)}
-        return update, aux
+        return update, ClientReport(num_examples=jnp.sum(example_mask), fraction_clipped=jnp.mean(fractions))
 
     return client_update

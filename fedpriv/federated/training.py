@@ -6,16 +6,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Collection
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
-from fedpriv.federated.server import (SERVER_OPTIMIZERS, WEIGHTINGS, Aggregation, init_server_state,
-                                      make_round, make_server_optimizer)
+from fedpriv.defenses.plans import WEIGHTINGS, PrivacyPlan, UpdateStage
+from fedpriv.defenses.server_stages import ServerPipeline
 from fedpriv.federated.clients import CLIENT_BACKENDS
+from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
+from fedpriv.federated.rounds import (SERVER_OPTIMIZERS, RoundOutcome, init_server_state, initial_stage_states,
+                                      make_round, make_server_optimizer)
 from fedpriv.keys import numpy_generator
 from fedpriv.typing import ClientData, Model, Observation, Params, ProtocolMetadata
 
@@ -45,7 +48,9 @@ class FederatedConfig:
       local: the local optimizer.
       server_optimizer: one of ``SERVER_OPTIMIZERS``.
       server_learning_rate: server step size on the pseudo-gradient.
-      weighting: ``"examples"`` (FedAvg's n_k weighting) or ``"uniform"``.
+      weighting: ``"uniform"`` over the round's participants, or ``"examples"`` (the
+        examples each client processed; refused by every DP plan: a realised sample count
+        is private).
       backend: ``"vmap"`` or ``"loop"`` (an ``impl`` choice, same numbers).
     """
 
@@ -57,7 +62,7 @@ class FederatedConfig:
     local: LocalTrainingConfig
     server_optimizer: str = "sgd"
     server_learning_rate: float = 1.0
-    weighting: str = "examples"
+    weighting: str = "uniform"
     backend: str = "vmap"
     client_sampling_rate: float | None = None
     private_head: bool = False
@@ -118,12 +123,89 @@ def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int | No
     return mask
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Federation:
+    """What every round runs: the model and protocol, the privacy plan, and the stages around it.
+
+    Attributes:
+      model: the model.
+      config: the federated protocol.
+      plan: the privacy plan (``fedpriv.defenses.plans``; ``NoPrivacy`` included): what runs
+        in each local step, the aggregation weights, the round's noise multipliers.
+      client_stages: transforms each hospital applies to its update before sending it, in
+        order (the plan's ``client_update_stages``, compression placed by the plan).
+      pipeline: the server stages (screening, protocol, aggregator).
+      num_clients: the hospitals.
+    """
+
+    model: Model
+    config: FederatedConfig
+    plan: PrivacyPlan
+    num_clients: int
+    client_stages: tuple[UpdateStage, ...] = ()
+    pipeline: ServerPipeline = dataclasses.field(default_factory=ServerPipeline)
+
+    def client_update(self):
+        """The client function every hospital runs (and attacks differentiate through)."""
+        client_update = make_client_update(self.model, self.config.local, self.plan.local_mechanism)
+        if self.config.private_head:
+            client_update = _with_private_head(client_update, self.model.head_names)
+        if self.client_stages:  # on what leaves the hospital (the kept head never does)
+            client_update = _with_update_stages(client_update, self.client_stages)
+        return client_update
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingKeys:
+    """The run's key streams training draws from: client sampling, per-client randomness
+    (DP-SGD and local DP noise), the server stages (DP-FedAvg noise, screening, protocol)."""
+
+    sampling: jax.Array
+    clients: jax.Array
+    server: jax.Array
+
+
+class RoundData(Protocol):
+    """Builds a round's padded ``ClientData`` on the host (fixed shapes: nothing recompiles)."""
+
+    def __call__(self, round_index: int, participating: np.ndarray) -> ClientData: ...
+
+
+class RoundBudget(Protocol):
+    """Asked before each round; a non-empty reason stops training (e.g. a privacy ledger)."""
+
+    def stop_reason(self, round_index: int) -> str: ...
+
+
+class ModelScreen(Protocol):
+    """Each sampled hospital screens the model it receives and may refuse to train on it."""
+
+    def accepts(self, round_index: int, participating: np.ndarray, params: Params) -> np.ndarray: ...
+
+
+class RoundObserver(Protocol):
+    """Sees each round's participants and its outcome: what each hospital sent, the new global
+    model, whether it aborted (e.g. the signed audit log, an end-to-end audit)."""
+
+    def after_round(self, round_index: int, participating: np.ndarray, outcome: RoundOutcome) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingHooks:
+    """Host-side parties of the loop: a budget, the hospitals' model screen, round observers."""
+
+    budget: RoundBudget | None = None
+    model_screen: ModelScreen | None = None
+    observers: tuple[RoundObserver, ...] = ()
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
     """Final params, the attacker's observations and the ground-truth data of those rounds.
 
-    ``rounds_run`` is below the configured rounds when ``stop_before_round`` ended the
-    run; ``stop_reason`` then says why (empty otherwise).
+    ``rounds_run`` is below the configured rounds when the budget ended the run;
+    ``stop_reason`` then says why (empty otherwise). ``rounds_aborted`` counts rounds whose
+    secure protocol could not finish (they changed nothing).
     """
 
     params: Params
@@ -133,7 +215,8 @@ class TrainingResult:
     rounds_run: int
     stop_reason: str = ""
     private_heads: Params | None = None
-    round_reports: list[dict] = dataclasses.field(default_factory=list)
+    round_stats: list[dict] = dataclasses.field(default_factory=list)
+    rounds_aborted: int = 0
 
     def hospital_params(self, model: Model, client: int) -> Params:
         """The model hospital ``client`` uses: the global params, with its own head when
@@ -144,142 +227,134 @@ class TrainingResult:
         return {**self.params, **head}
 
 
-def train(*, model: Model, config: FederatedConfig, params: Params,
-          round_data: Callable[[int, np.ndarray], ClientData], sampling_key: jax.Array,
-          clients_key: jax.Array, num_clients: int, observe_rounds: Collection[int] = (),
-          dp_plan=None, stop_before_round: Callable[[int], str] | None = None,
-          aggregation: Aggregation | None = None, server_key: jax.Array | None = None,
-          update_transform: Callable | None = None,
-          on_round: Callable[[int, np.ndarray, Params], None] | None = None,
-          accept_model: Callable[[int, np.ndarray, Params], np.ndarray] | None = None) -> TrainingResult:
-    """Runs ``config.rounds`` rounds of federated training.
+def train(federation: Federation, *, params: Params, data: RoundData, keys: TrainingKeys,
+          hooks: TrainingHooks = TrainingHooks(), observe_rounds: Collection[int] = ()) -> TrainingResult:
+    """Runs ``federation.config.rounds`` rounds of federated training.
 
     Args:
-      model: the model.
-      config: the federation.
+      federation: what every round runs.
       params: initial global params.
-      round_data: ``round_data(round_index, participating_mask) -> ClientData`` built on
-        the host (fixed shapes every round, so nothing recompiles).
-      sampling_key: stream for client sampling.
-      clients_key: stream for per-client randomness (DP noise).
-      num_clients: number of hospitals.
-      observe_rounds: rounds (0-based) whose per-client updates the server records.
-      dp_plan: optional DP-SGD plan run inside every client.
-      stop_before_round: optional ``stop_before_round(round_index) -> reason``; a
-        non-empty reason ends training before that round is run (e.g. a privacy ledger
-        whose budget the round would exceed).
-      aggregation: the protocol and server-side defenses (``None``: plaintext weighted
-        mean with ``config.weighting``).
-      server_key: stream for server-side randomness (DP-FedAvg noise, screening).
-      update_transform: optional ``make(key) -> optax transform`` each client applies to
-        its update before sending it (local DP, compression), with its own key.
-      on_round: optional ``on_round(round_index, participating [C] bool, sent [C, ...])``
-        called after every round with what each hospital sent (e.g. for an audit ledger).
-      accept_model: optional ``accept_model(round_index, participating, sent_params) ->
-        [C] bool``: each sampled hospital screens the model it received and refuses to
-        train on it (client-side screening); refusing hospitals sit the round out.
+      data: the rounds' data, built on the host.
+      keys: the key streams.
+      hooks: budget, model screen and observers.
+      observe_rounds: rounds (0-based) whose updates the server records for the attacker.
 
     Returns:
       A ``TrainingResult``.
     """
+    config = federation.config
     bad = [r for r in observe_rounds if not 0 <= r < config.rounds]
     if bad:
         raise ValueError(f"observe_rounds must lie in [0, {config.rounds}), got {bad}")
-    if aggregation is None:
-        aggregation = Aggregation(weighting=config.weighting)
-    fedavg_plan = aggregation.dp_fedavg
-    if fedavg_plan is not None and fedavg_plan.client_sampling_rate != (config.client_sampling_rate or 1.0):
-        raise ValueError(f"DP-FedAvg accounts for client_sampling_rate {fedavg_plan.client_sampling_rate}, but the "
-                         f"federation samples clients with client_sampling_rate={config.client_sampling_rate} "
-                         f"and clients_per_round={config.clients_per_round}")
-    if server_key is None:
-        server_key = jax.random.fold_in(clients_key, 2**31 - 1)
-    client_update = make_client_update(model, config.local, dp_plan)
-    if update_transform is not None:
-        client_update = _with_update_transform(client_update, update_transform)
-    heads = None
-    if config.private_head:
-        client_update = _with_private_head(client_update, model.head_names)
-        _, head = model.split_params(params)
-        heads = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (num_clients, *leaf.shape)), head)
     server_optimizer = make_server_optimizer(config.server_optimizer, config.server_learning_rate)
-    round_function = make_round(client_update, server_optimizer, backend=config.backend, aggregation=aggregation)
+    round_function = make_round(federation.client_update(), server_optimizer, backend=config.backend,
+                                pipeline=federation.pipeline, weights=federation.plan.aggregation_weights,
+                                weighting=config.weighting)
     state = init_server_state(params, server_optimizer)
-    observations, observed_data, seconds, reports = {}, {}, [], []
-    stop_reason = ""
+    stage_states = initial_stage_states(federation.pipeline, keys.server)
+    loop = _Loop(federation=federation, data=data, keys=keys, hooks=hooks, observe_rounds=set(observe_rounds))
+    heads = loop.initial_heads(params)
     for round_index in range(config.rounds):
-        if stop_before_round is not None:
-            stop_reason = stop_before_round(round_index)
-            if stop_reason:
-                logger.info("training stopped before round %d: %s", round_index, stop_reason)
-                break
-        participating = sample_clients(jax.random.fold_in(sampling_key, round_index), num_clients,
-                                       config.clients_per_round, config.client_sampling_rate)
-        if accept_model is not None:
-            participating = participating & np.asarray(accept_model(round_index, participating, state.params), bool)
-        client_data = round_data(round_index, participating)
-        client_keys = jax.random.split(jax.random.fold_in(clients_key, round_index), num_clients)
+        if hooks.budget is not None and (reason := hooks.budget.stop_reason(round_index)):
+            logger.info("training stopped before round %d: %s", round_index, reason)
+            loop.stop_reason = reason
+            break
+        state, stage_states, heads = loop.run_round(round_function, round_index, state, stage_states, heads)
+    return TrainingResult(state.params, loop.observations, loop.observed_data, loop.seconds, len(loop.seconds),
+                          loop.stop_reason, private_heads=heads, round_stats=loop.stats,
+                          rounds_aborted=loop.rounds_aborted)
+
+
+@dataclasses.dataclass
+class _Loop:
+    """The per-round bookkeeping of :func:`train` (host side)."""
+
+    federation: Federation
+    data: RoundData
+    keys: TrainingKeys
+    hooks: TrainingHooks
+    observe_rounds: set
+    observations: dict = dataclasses.field(default_factory=dict)
+    observed_data: dict = dataclasses.field(default_factory=dict)
+    seconds: list = dataclasses.field(default_factory=list)
+    stats: list = dataclasses.field(default_factory=list)
+    stop_reason: str = ""
+    rounds_aborted: int = 0
+
+    def initial_heads(self, params: Params):
+        if not self.federation.config.private_head:
+            return None
+        _, head = self.federation.model.split_params(params)
+        count = self.federation.num_clients
+        return jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (count, *leaf.shape)), head)
+
+    def participants(self, round_index: int, params: Params) -> np.ndarray:
+        config = self.federation.config
+        participating = sample_clients(jax.random.fold_in(self.keys.sampling, round_index),
+                                       self.federation.num_clients, config.clients_per_round,
+                                       config.client_sampling_rate)
+        if self.hooks.model_screen is not None:
+            participating = participating & np.asarray(
+                self.hooks.model_screen.accepts(round_index, participating, params), bool)
+        return participating
+
+    def run_round(self, round_function, round_index: int, state, stage_states, heads):
+        federation = self.federation
+        participating = self.participants(round_index, state.params)
+        client_data = self.data(round_index, participating)
+        client_keys = jax.random.split(jax.random.fold_in(self.keys.clients, round_index), federation.num_clients)
         start = time.perf_counter()
-        sent_params = state.params
-        # This round's values of the noise schedules, traced: no recompilation.
-        noise_multiplier = None if dp_plan is None else jnp.float32(dp_plan.noise_multiplier_in_round(round_index))
-        server_noise_multiplier = (None if fedavg_plan is None
-                                   else jnp.float32(fedavg_plan.noise_multiplier_in_round(round_index)))
-        state, observed, aux = round_function(state, client_data, client_keys, noise_multiplier,
-                                              jax.random.fold_in(server_key, round_index), heads,
-                                              server_noise_multiplier)
+        outcome = round_function(state, client_data, client_keys, stage_states,
+                                 federation.plan.round_noise(round_index).traced(), heads)
         if heads is not None:  # each participant keeps its own trained head
-            heads = jax.tree_util.tree_map(lambda head, update: head + update, heads, aux.pop("head_update"))
-        jax.block_until_ready(state.params)
-        seconds.append(time.perf_counter() - start)
-        sent = aux.pop("sent_messages", observed)
-        if on_round is not None:
-            on_round(round_index, participating, sent)
-        reports.append(_round_report(aux))
-        logger.info("round %d took %.2f s", round_index, seconds[-1])
-        if round_index in observe_rounds:
+            heads = jax.tree_util.tree_map(lambda head, update: head + update, heads, outcome.reports.kept_update)
+        jax.block_until_ready(outcome.state.params)
+        self.seconds.append(time.perf_counter() - start)
+        self.rounds_aborted += int(outcome.aborted)
+        self.stats.append({**outcome.stats, "aborted": outcome.aborted})
+        for observer in self.hooks.observers:
+            observer.after_round(round_index, participating, outcome)
+        logger.debug("round %d took %.3f s", round_index, self.seconds[-1])
+        if round_index in self.observe_rounds:
+            self.record(round_index, state.params, participating, outcome, client_data)
+        return outcome.state, outcome.stage_states, heads
+
+    def record(self, round_index: int, sent_params: Params, participating: np.ndarray, outcome, client_data) -> None:
+        """What the attacker sees this round: per-client updates, or only the aggregate."""
+        federation = self.federation
+        aggregated = federation.pipeline.observes_aggregate
+        if aggregated:
+            updates, client_ids = outcome.observed, ()
+        else:
             present = np.flatnonzero(participating)
-            if aggregation.observes_aggregate:
-                updates, client_ids = observed, ()
-            else:
-                updates = jax.tree_util.tree_map(lambda u: u[present], observed)
-                client_ids = tuple(int(c) for c in present)
-            observations[round_index] = Observation(
-                params=sent_params, updates=updates, aggregated=aggregation.observes_aggregate,
-                round_index=round_index, metadata=config.protocol(model, client_ids))
-            observed_data[round_index] = client_data
-    return TrainingResult(state.params, observations, observed_data, seconds, len(seconds), stop_reason,
-                          private_heads=heads, round_reports=reports)
+            updates = jax.tree_util.tree_map(lambda u: u[present], outcome.observed)
+            client_ids = tuple(int(c) for c in present)
+        self.observations[round_index] = Observation(
+            params=sent_params, updates=updates, aggregated=aggregated, round_index=round_index,
+            metadata=federation.config.protocol(federation.model, client_ids))
+        self.observed_data[round_index] = client_data
 
 
 def _with_private_head(client_update, head_names: tuple[str, ...]):
     """The client function of a partitioned model: the client trains the global feature
     extractor together with its own head, sends only the extractor's update and keeps
-    the head's (returned in ``aux["head_update"]``, never aggregated)."""
+    the head's (in its report's ``kept_update``, never aggregated)."""
     def partitioned_update(params, examples, example_mask, key, noise_multiplier=None, head=None):
-        update, aux = client_update({**params, **head}, examples, example_mask, key, noise_multiplier)
+        update, report = client_update({**params, **head}, examples, example_mask, key, noise_multiplier)
         shared = {name: (jax.tree_util.tree_map(jnp.zeros_like, leaf) if name in head_names else leaf)
                   for name, leaf in update.items()}
-        return shared, {**aux, "head_update": {name: update[name] for name in head_names}}
+        return shared, dataclasses.replace(report, kept_update={name: update[name] for name in head_names})
     return partitioned_update
 
 
-def _with_update_transform(client_update, make_transform):
-    """The client function followed by a message transform keyed by the client's own key."""
+def _with_update_stages(client_update, stages: tuple[UpdateStage, ...]):
+    """The client function followed by the hospital's own transforms of its update, in
+    order, each keyed by its own split of the client's key (so every client's noise differs)."""
     def transformed_update(params, examples, example_mask, key, noise_multiplier=None, *per_client):
-        training_key, transform_key = jax.random.split(key)
-        update, aux = client_update(params, examples, example_mask, training_key, noise_multiplier, *per_client)
-        transform = make_transform(transform_key)
-        update, _ = transform.update(update, transform.init(update))
-        return update, aux
+        training_key, *stage_keys = jax.random.split(key, len(stages) + 1)
+        update, report = client_update(params, examples, example_mask, training_key, noise_multiplier, *per_client)
+        for stage, stage_key in zip(stages, stage_keys):
+            transform = stage.transform(stage_key)
+            update, _ = transform.update(update, transform.init(update))
+        return update, report
     return transformed_update
-
-
-def _round_report(aux: dict) -> dict:
-    """Host-side round-level counts and defense reports (per-client arrays left out)."""
-    report = {}
-    for name, value in aux.items():
-        if name in ("num_examples", "fraction_clipped", "head_update"):
-            continue
-        report[name] = jax.device_get(value)
-    return report

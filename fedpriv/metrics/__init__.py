@@ -11,12 +11,12 @@ from fedpriv.metrics.image import gaussian_window, mse, psnr, ssim
 from fedpriv.metrics.labels import label_accuracy, label_count_accuracy, label_counts, label_set_accuracy
 from fedpriv.metrics.matching import best_match, pairwise_mse
 from fedpriv.metrics.reidentification import nearest_record, reidentification_rate
-from fedpriv.metrics.roc import auc, plot_roc, roc_curve, tpr_at_fpr
+from fedpriv.metrics.roc import auc, auc_confidence_interval, plot_roc, roc_curve, tpr_at_fpr
 from fedpriv.metrics.tokens import order_accuracy, random_order_accuracy, rouge_l, rouge_n, set_scores, token_scores
 from fedpriv.metrics.utility import accuracy
 
 __all__ = [
-    "accuracy", "auc", "best_match", "code_set_scores", "count_accuracy", "gaussian_window", "hierarchical_match",
+    "accuracy", "auc", "auc_confidence_interval", "best_match", "code_set_scores", "count_accuracy", "gaussian_window", "hierarchical_match",
     "implied_subtypes", "label_accuracy", "label_count_accuracy", "label_counts", "label_set_accuracy", "mse",
     "nearest_record", "order_accuracy", "pairwise_mse", "plot_roc", "psnr", "random_order_accuracy",
     "reidentification_rate", "roc_curve", "rouge_l", "rouge_n", "set_scores", "ssim", "subtype_accuracy",

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 
 
 def _check_scores(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
@@ -209,3 +210,40 @@ def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path
     figure.savefig(path, dpi=150)
     return path
 
+
+
+def auc_confidence_interval(scores, is_member, confidence: float = 0.95) -> tuple[float, float]:
+    """A normal confidence interval for the AUC with DeLong's variance.
+
+    The AUC is the Mann-Whitney statistic; DeLong et al. estimate its variance from the
+    structural components ``V10_i`` (the share of non-members member ``i`` outscores, ties
+    half) and ``V01_j`` (the share of members that outscore non-member ``j``):
+    ``var = s^2(V10) / n_members + s^2(V01) / n_non_members``. The interval is clipped to [0, 1].
+
+    Args:
+      scores: ``[N]`` scores, higher = more likely a member.
+      is_member: ``[N]`` bool ground truth, both classes present (each at least twice).
+      confidence: in (0, 1).
+
+    Returns:
+      ``(low, high)``.
+
+    Raises:
+      ValueError: as :func:`roc_curve`, or a class with fewer than 2 records, or a bad confidence.
+
+    References:
+      DeLong, DeLong, Clarke-Pearson 1988, "Comparing the areas under two or more correlated
+      receiver operating characteristic curves", Biometrics 44(3).
+    """
+    scores, is_member = _check_scores(scores, is_member)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    positives, negatives = scores[is_member], scores[~is_member]
+    if positives.size < 2 or negatives.size < 2:
+        raise ValueError(f"an AUC interval needs at least 2 members and 2 non-members, got {positives.size} and "
+                         f"{negatives.size}")
+    wins = (positives[:, None] > negatives[None, :]) + 0.5 * (positives[:, None] == negatives[None, :])
+    area = float(wins.mean())
+    variance = wins.mean(axis=1).var(ddof=1) / positives.size + wins.mean(axis=0).var(ddof=1) / negatives.size
+    half_width = float(scipy.stats.norm.ppf(0.5 + confidence / 2) * np.sqrt(variance))
+    return max(0.0, area - half_width), min(1.0, area + half_width)

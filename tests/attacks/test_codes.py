@@ -20,7 +20,9 @@ from fedpriv.data.ehr import EHRCohortConfig, make_ehr_cohort
 from fedpriv.data.partition import partition_iid
 from fedpriv.defenses import DPSGDPlan
 from fedpriv.federated import LocalTrainingConfig, for_each_client, make_client_update
-from fedpriv.federated.training import FederatedConfig, train
+from fedpriv.defenses.noise import update_noise_stddev
+from fedpriv.federated.training import FederatedConfig
+from tests.federated.conftest import train_without_defenses
 from fedpriv.metrics.codes import (code_set_scores, count_accuracy, hierarchical_match, subtype_accuracy,
                                    token_counts)
 from fedpriv.models.embedding_bag import embedding_bag
@@ -166,7 +168,7 @@ def _dp_observations(model, params, x, y, noise_multipliers, key):
         updates, _ = run(params, data, jax.random.split(key, clients), jnp.float32(sigma))
         observation = Observation(params=params, updates=updates, aggregated=False, round_index=0,
                                   metadata=metadata)
-        yield sigma, observation, codes.update_noise_stddev(sigma * plan.l2_clip_norm, plan.expected_batch_size)
+        yield sigma, observation, update_noise_stddev(sigma * plan.l2_clip_norm, plan.expected_batch_size)
 
 
 @pytest.mark.slow  # about 20 s on 2 busy cores: per-example gradients compile once, four noise levels
@@ -213,7 +215,7 @@ def test_bad_requests_are_refused(cohort, small_model):
     with pytest.raises(ValueError, match="pooling"):
         codes.code_counts(observation, model, [0], pooling="max")
     with pytest.raises(ValueError, match="local_steps"):
-        codes.update_noise_stddev(1.0, 4.0, local_steps=0)
+        update_noise_stddev(1.0, 4.0, local_steps=0)
 
 
 def test_end_to_end_one_round_of_fedsgd(cohort, small_model):
@@ -228,9 +230,7 @@ def test_end_to_end_one_round_of_fedsgd(cohort, small_model):
         round_data = lambda r, participating: build_round_data(
             cohort.codes, cohort.labels, partition, local_steps=1, batch_size=batch_size, sampling="full",
             participating=participating, generator=generator)
-        result = train(model=model, config=config, params=params, round_data=round_data,
-                       sampling_key=jax.random.key(1), clients_key=jax.random.key(2), num_clients=num_clients,
-                       observe_rounds=(0,))
+        result = train_without_defenses(model, config, params, round_data, num_clients, observe_rounds=(0,))
         observation, data = result.observations[0], result.observed_data[0]
         record_ids = np.asarray(data.record_ids).reshape(num_clients, -1)
         assert (record_ids >= 0).all()

@@ -92,6 +92,7 @@ def test_host_and_scan_training_give_the_same_prior():
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.slow  # 18 s of prior training; the in-range recovery test stays in the default run
 def test_prior_from_another_site_fits_unseen_patients(phantom_prior):
     public, prior = phantom_prior
     victims = make_phantom_cohort(16, 32, np.random.default_rng(0)).images
@@ -188,6 +189,7 @@ def test_bad_inputs_fail_before_compute(tiny):
         invert_with_prior(observation, model, other, config, jax.random.key(0), victims=[0])
 
 
+@pytest.mark.slow  # 9 s; the same compile-once property is tested for DLG and IG in the default run
 def test_second_victim_does_not_recompile(tiny):
     model, params, prior = tiny
     x = _smooth_images(2, 8, np.random.default_rng(4)).reshape(2, 1, 1, 8, 8, 1)
@@ -218,6 +220,7 @@ def _dp_observation(model, params, image, label, noise_multiplier):
                        aggregated=False, round_index=0, metadata=metadata)
 
 
+@pytest.mark.slow  # 22 s; the prior's fit and range tests stay in the default run
 def test_prior_beats_pixel_space_inversion_under_dp_noise(phantom_prior):
     """LeNet, batch 1, 200 iterations each. Measured with the script (400 iterations, 4
     victims, a scanner-shifted prior): pixel 15.6 / 4.0 / 4.1 dB and prior 19.5 / 16.5 /

@@ -36,6 +36,7 @@ def _attack(iterations, tv_weight=1e-4):
             reidentification_rate(reconstructed, [victim], cohort.images, np.arange(16)), result, y)
 
 
+@pytest.mark.slow  # 36 s of ConvNet gradients; the MLP/LeNet recovery tests stay in the default run
 def test_inverting_gradients_recovers_a_phantom_from_an_untrained_convnet():
     reached, random_start, _, result, y = _attack(iterations=400)
     np.testing.assert_array_equal(result.labels, y)  # iDLG labels at batch 1

@@ -21,6 +21,7 @@ class ReluNet(nn.Module):
         return nn.Dense(self.classes, name="head")(x)
 
 
+@pytest.mark.slow  # 28 s over many models; single-model iDLG tests stay in the default run
 def test_idlg_recovers_every_label_at_batch_one_over_many_random_relu_models():
     # iDLG (Zhao et al. 2020, arXiv 2001.02610): 100 % label accuracy at batch 1.
     rng = np.random.default_rng(0)

@@ -13,7 +13,8 @@ from fedpriv.data.client_data import build_round_data
 from fedpriv.data.notes import NotesConfig, make_notes_cohort
 from fedpriv.data.partition import partition_iid
 from fedpriv.federated.local_sgd import LocalTrainingConfig
-from fedpriv.federated.training import FederatedConfig, train
+from fedpriv.federated.training import FederatedConfig
+from tests.federated.conftest import train_without_defenses
 from fedpriv.metrics.tokens import order_accuracy, random_order_accuracy, set_scores, token_scores
 from fedpriv.models.mlp import mlp
 from fedpriv.models.transformer import transformer
@@ -74,6 +75,7 @@ def test_bag_is_exact_for_multi_step_fedavg(setting):
     assert bag.tolist() == sorted(set(x.ravel().tolist()) - {PAD_ID})
 
 
+@pytest.mark.slow  # 11 s; the end-to-end token test stays in the default run
 def test_gradient_matching_orders_short_notes(setting, three_notes):
     cohort, model, params = setting
     x, observation = three_notes
@@ -113,9 +115,7 @@ def test_end_to_end_cohort_partition_round_attack_metrics(setting):
                                 generator=np.random.default_rng(round_index))
 
     start = time.perf_counter()
-    result = train(model=model, config=config, params=params, round_data=round_data,
-                   sampling_key=jax.random.key(1), clients_key=jax.random.key(2), num_clients=4,
-                   observe_rounds=(0,))
+    result = train_without_defenses(model, config, params, round_data, 4, observe_rounds=(0,))
     observation, truth = result.observations[0], result.observed_data[0]
     reconstruction = recover_tokens(observation, model, ATTACK, jax.random.key(3), victims=[0, 1, 2, 3])
     seconds = time.perf_counter() - start

@@ -5,20 +5,15 @@ import numpy as np
 import pytest
 
 from fedpriv.defenses.aggregation_protocols import HomomorphicProtocol, SecureAggregationProtocol
-from fedpriv.federated import (LocalTrainingConfig, init_server_state, make_client_update, make_round,
-                               make_server_optimizer)
-from fedpriv.federated.server import Aggregation
+from fedpriv.defenses.server_stages import PlaintextSum, ProtocolSum, ServerPipeline
 from fedpriv.models.base import from_linen
-from tests.federated.conftest import TinyConvNet, random_client_data
+from tests.federated.conftest import TinyConvNet, random_client_data, run_one_round
 
 
 def _round(model, data, protocol):
-    optimizer = make_server_optimizer("sgd", 1.0)
-    round_function = make_round(make_client_update(model, LocalTrainingConfig(learning_rate=0.1)), optimizer,
-                                backend="loop", aggregation=Aggregation(weighting="uniform", protocol=protocol))
-    params = model.init(jax.random.key(0), data.examples["x"][0, 0])
-    return round_function(init_server_state(params, optimizer), data, jax.random.split(jax.random.key(1), 4),
-                          None, jax.random.key(2))
+    pipeline = ServerPipeline(protocol=PlaintextSum() if protocol is None else ProtocolSum(protocol=protocol))
+    outcome = run_one_round(model, data, pipeline=pipeline, backend="loop")
+    return outcome.state, outcome.observed, outcome.stats
 
 
 @pytest.fixture(scope="module")

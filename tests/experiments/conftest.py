@@ -150,12 +150,13 @@ def data_paths(dicom_folder, medmnist_file) -> dict[str, dict[str, str]]:
 def no_compute(monkeypatch):
     """Fails the test if training or the attack starts: errors must come before compute."""
     import fedpriv.scenario
+    import fedpriv.scenario_federation
 
     def refuse(*args, **kwargs):
         raise AssertionError("compute started: the error should have been raised before training")
 
-    monkeypatch.setattr(fedpriv.scenario, "train", refuse)
-    monkeypatch.setattr(fedpriv.scenario, "run_attack", refuse)
+    monkeypatch.setattr(fedpriv.scenario_federation, "train", refuse)
+    monkeypatch.setattr(fedpriv.scenario, "attack_stage", refuse)
 
 
 # -- the real CLI, run in the background -------------------------------------------------------

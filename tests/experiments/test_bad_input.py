@@ -73,25 +73,25 @@ def test_unknown_key_is_refused_when_composing():
 @pytest.mark.parametrize("epsilon", ["0", "-1"])
 def test_epsilon_must_be_positive(epsilon):
     expect_build_error({"defense": "dp_sgd", "privacy.target_epsilon": epsilon},
-                       r"target_epsilon must be > 0", rf"got {float(epsilon)}")
+                       r"target_epsilon must be a finite number > 0", rf"got {float(epsilon)}")
 
 
 @pytest.mark.parametrize("defense", ["none", "dp_sgd"])
 @pytest.mark.parametrize("delta", ["1", "1.5", "0", "-1e-5"])
 def test_delta_must_be_in_the_open_unit_interval(defense, delta):
     expect_build_error({"defense": defense, "privacy.delta": delta},
-                       re.escape("delta must be in (0, 1)"), rf"got {re.escape(repr(float(delta)))}")
+                       re.escape("delta must be in the open interval (0, 1)"), rf"got {re.escape(repr(float(delta)))}")
 
 
 @pytest.mark.parametrize("clip", ["0", "-1"])
 def test_clip_norm_must_be_positive(clip):
     expect_build_error({"defense": "dp_sgd", "defense.l2_clip_norm": clip},
-                       r"l2_clip_norm must be > 0", rf"got {float(clip)}")
+                       r"l2_clip_norm must be a finite number > 0", rf"got {float(clip)}")
 
 
 def test_noise_multiplier_must_be_non_negative():
     expect_build_error({"defense": "dp_sgd", "defense.noise_multiplier": "-0.5"},
-                       r"noise_multiplier must be >= 0 or None", r"got -0\.5")
+                       r"noise_multiplier must be a finite number >= 0", r"got -0\.5")
 
 
 def test_unknown_accountant_and_defense_component():
@@ -215,7 +215,18 @@ def test_analytic_attack_on_a_model_without_that_layer_fails_before_training(no_
     expect_run_error({"attack": "analytic", "model": "lenet"}, r"attack\.config\.layer 'dense_0'", r"lenet")
 
 
-def test_tiers_without_dp_sgd_or_with_stop_on_budget_are_refused():
+def test_tiers_without_dp_sgd_or_with_stop_on_budget_are_refused(no_compute):
     expect_build_error({"defense": "tiered_dp_sgd", "defense.dp_sgd": "false"}, r"defense\.tiers needs", r"dp_sgd")
-    expect_build_error({"defense": "tiered_dp_sgd", "privacy.stop_on_budget": "true"}, r"stop_on_budget",
-                       r"defense\.tiers")
+    expect_run_error({"defense": "tiered_dp_sgd", "privacy.stop_on_budget": "true"}, r"stop_on_budget",
+                     r"'tiered_dp_sgd'")
+
+
+@pytest.mark.parametrize("changes,names", [
+    ({"defense": "dp_fedavg", "defense.screening": "{_target_:fedpriv.defenses.anomaly.AnomalyConfig}"},
+     (r"'dp_fedavg'", r"defense\.screening")),
+    ({"defense": "dp_fedavg", "algorithm.clients_per_round": "1"}, (r"'dp_fedavg'", r"clients_per_round")),
+    ({"defense": "dp_sgd", "algorithm.weighting": "examples"}, (r"'dp_sgd'", r"weighting='examples'")),
+    ({"defense": "none", "privacy.stop_on_budget": "true"}, (r"'none'", r"stop_on_budget")),
+])
+def test_a_privacy_plan_refuses_what_it_does_not_compose_with_before_training(no_compute, changes, names):
+    expect_run_error({"attack": "none", **changes}, r"does not compose with", *names)

@@ -41,6 +41,7 @@ def test_dp_fedavg_reports_client_level_epsilon_and_its_audit_stays_below_it():
     assert 0.0 <= metrics["audit.epsilon_lower_bound"] <= metrics["audit.accountant_epsilon"]
 
 
+@pytest.mark.slow  # 10 s; partitioning is unit-tested in tests/federated
 def test_partitioned_model_is_attacked_without_its_private_head():
     metrics = run_smoke({"defense": "partitioning", "attack.config.label_strategy": "known"}).metrics
     assert metrics["attack.records_scored"] >= 1
@@ -53,8 +54,20 @@ def test_compression_sends_fewer_bytes(defense):
     assert metrics["cost.bytes_per_client"] < 0.5 * metrics["cost.plaintext_bytes_per_client"]
 
 
+@pytest.mark.slow  # 20 s; Poisson batches are unit-tested in tests/data and audited in tests/federated/test_round_audit.py
 def test_known_labels_under_poisson_sampling_follow_the_protocol_batch():
     # DP-SGD pads Poisson batches to a capacity above the protocol's batch size; the
     # attacker's side knowledge is the victim's real labels at the protocol's batch size.
     metrics = run_smoke({"defense": "dp_sgd", "attack.config.label_strategy": "known"}).metrics
     assert "attack.records_scored" in metrics and metrics["attack.round"] == 0
+
+
+def test_a_hundred_secure_aggregation_rounds_with_dropouts_finish_and_count_the_aborted_ones():
+    # The README's example. 4 hospitals, t = 3: a round aborts when 2 or more drop
+    # (probability 0.18 at dropout_rate 0.2), otherwise Shamir recovery unmasks the sum.
+    metrics = run_smoke({"defense": "secure_aggregation", "defense.protocol.dropout_rate": "0.2",
+                         "algorithm.rounds": "100", "data.partition.num_clients": "4", "attack": "none",
+                         "model.hidden_sizes": "[8]"}).metrics
+    assert metrics["train.rounds_run"] == 100 and metrics["train.stop_reason"] == ""
+    assert 3 <= metrics["defense.rounds_aborted"] <= 40  # binomial(100, 0.18): 4.7 sd either side
+    assert metrics["utility.test_accuracy"] > 0.0

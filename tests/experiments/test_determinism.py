@@ -19,7 +19,9 @@ def comparable(metrics: dict) -> dict:
             for key, value in metrics.items() if not TIMING.search(key)}
 
 
-@pytest.mark.parametrize("changes", [{}, {"defense": "dp_sgd"}], ids=["no_defense", "dp_sgd"])
+# DP-SGD's determinism (19 s) is checked by `pytest -m slow`; its noise keys are unit-tested.
+@pytest.mark.parametrize("changes", [pytest.param({}, id="no_defense"),
+                                     pytest.param({"defense": "dp_sgd"}, id="dp_sgd", marks=pytest.mark.slow)])
 def test_same_seed_is_bit_identical(changes):
     first = run_smoke(changes)
     second = run_smoke(changes, fresh=True)
@@ -33,6 +35,7 @@ def test_same_seed_is_bit_identical(changes):
             assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
+@pytest.mark.slow  # 8 s; the same-seed test stays in the default run
 def test_another_seed_gives_other_results():
     seed_0 = run_smoke({})
     seed_1 = run_smoke({"seed": "1"})

@@ -117,7 +117,18 @@ def test_every_option_composes(group, option, data_paths):
             OmegaConf.to_container(cfg[key], resolve=True)
 
 
-@pytest.mark.parametrize(("group", "option"), RUN_OPTIONS, ids=[f"{g}={o}" for g, o in RUN_OPTIONS])
+# The presets whose smoke run takes 8-54 s (pytest-xdist, 2 cores): checked by `pytest -m slow` (their
+# models and attacks have their own fast tests under tests/models and tests/attacks).
+SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
+                ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
+                ("model", "lenet"), ("data", "notes"), ("defense", "anomaly_screening"),
+                ("defense", "tiered_dp_sgd")}
+RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
+                           marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
+              for group, option in RUN_OPTIONS]
+
+
+@pytest.mark.parametrize(("group", "option"), RUN_PARAMS)
 def test_every_preset_runs_a_smoke_config(group, option, data_paths):
     changes = preset_changes(group, option, data_paths)
     cfg = compose_smoke(changes)
@@ -144,10 +155,10 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
             assert metrics["cost.bytes_per_client"] > metrics["cost.plaintext_bytes_per_client"]
         if cfg.defense.compression is not None:
             assert metrics["cost.bytes_per_client"] < metrics["cost.plaintext_bytes_per_client"]
-        if cfg.defense.audit_ledger:  # one signed record per hospital and round, verified and replayed
-            assert metrics["audit_ledger.verified"] is True
-            assert metrics["audit_ledger.records"] == cfg.algorithm.rounds * cfg.data.partition.num_clients
-            np.testing.assert_allclose(metrics["audit_ledger.max_replayed_epsilon"], metrics["privacy.epsilon_rdp"],
+        if cfg.defense.audit_log:  # one signed record per hospital and round, verified and replayed
+            assert metrics["audit_log.verified"] is True
+            assert metrics["audit_log.records"] == cfg.algorithm.rounds * cfg.data.partition.num_clients
+            np.testing.assert_allclose(metrics["audit_log.max_replayed_epsilon"], metrics["privacy.epsilon_rdp"],
                                        rtol=1e-9)
 
     # The attack ran iff one is configured, and scored real pairs.
@@ -214,10 +225,12 @@ def _check_privacy(cfg, metrics) -> None:
         assert metrics["privacy.unit"] == "client"
         assert 0.9 * target <= metrics["privacy.epsilon_rdp"] <= target + 1e-6
         assert metrics["privacy.steps"] == cfg.algorithm.rounds
+    elif cfg.defense.local_dp is not None:  # every round's release composed, for the whole hospital
+        assert metrics["privacy.unit"] == "client" and metrics["privacy.relation"] == "replace_one_local"
+        assert metrics["privacy.epsilon_per_round"] == cfg.defense.local_dp.epsilon
+        assert cfg.defense.local_dp.epsilon < metrics["privacy.epsilon"] <= cfg.algorithm.rounds * cfg.defense.local_dp.epsilon
     else:
         assert metrics["privacy.unit"] == "none" and metrics["privacy.epsilon"] == math.inf
-        if cfg.defense.local_dp is not None:
-            assert metrics["privacy.local_dp.epsilon_per_round"] == cfg.defense.local_dp.epsilon
 
 
 def _expected_num_params(cfg, num_classes: int) -> int:

@@ -13,6 +13,7 @@ def _sampling_rate(metrics):
     return metrics["privacy.sampling_rate"]
 
 
+@pytest.mark.slow  # 17 s; schedule composition is unit-tested in tests/privacy/test_schedules.py
 def test_linear_schedule_run_reports_the_composed_sequence():
     metrics = run_smoke({**COMMON, "privacy": "linear_decay"}).metrics
     assert metrics["privacy.schedule"] == "linear"
@@ -25,6 +26,7 @@ def test_linear_schedule_run_reports_the_composed_sequence():
             privacy.epsilon_for(event, delta=1e-5, accountant=accountant), rel=1e-9)
 
 
+@pytest.mark.slow  # 20 s of calibration; schedules are unit-tested in tests/privacy
 def test_budget_aware_schedule_spends_the_target():
     metrics = run_smoke({**COMMON, "privacy": "budget_aware", "privacy.target_epsilon": "4"}).metrics
     assert 0.99 * 4 <= metrics["privacy.epsilon_rdp"] <= 4.0

@@ -154,7 +154,7 @@ def test_a_failed_job_leaves_the_others_alone(cli_runs):
     assert "privacy.target_epsilon=-1" in failed.name and "privacy.target_epsilon=3" in succeeded.name
 
     error = json.loads((failed / "error.json").read_text())
-    assert "target_epsilon must be > 0, got -1.0" in error["error"]
+    assert "target_epsilon must be a finite number > 0, got -1.0" in error["error"]
     assert "build_scenario" in error["traceback"]  # raised while building, before any compute
     assert not (failed / "metrics.json").exists()
 
@@ -169,7 +169,7 @@ def test_a_failed_job_leaves_the_others_alone(cli_runs):
     assert "2 jobs (1 failed)" in collected.stdout
     rows = {row["job"]: row for row in read_csv(cli_runs.failing_sweep_dir / "results.csv")}
     assert rows[failed.name]["status"] == "failed"
-    assert "target_epsilon must be > 0" in rows[failed.name]["error"]
+    assert "target_epsilon must be a finite number > 0" in rows[failed.name]["error"]
     assert rows[succeeded.name]["status"] == "ok"
     assert float(rows[succeeded.name]["privacy.epsilon_rdp"]) == pytest.approx(metrics["privacy.epsilon_rdp"])
 

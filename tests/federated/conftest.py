@@ -49,3 +49,51 @@ def scalar_mean_model() -> Model:
                  apply=lambda params, x: jnp.zeros((x.shape[0], 1)) + params["w"],
                  per_example_loss=per_example_loss, input_shape=(), num_classes=1,
                  head_names=(), name="scalar_mean")
+
+
+def no_privacy(capacity: int = 1):
+    """The plan of a run without DP (shuffled batches of ``capacity``)."""
+    from fedpriv.defenses.plans import BatchSampling, NoPrivacy
+    return NoPrivacy(batch_sampling=BatchSampling(kind="shuffle", capacity=capacity))
+
+
+def dp_fedavg_plan(*, l2_clip_norm: float, noise_multiplier: float, num_clients: int, rounds: int = 1,
+                   client_sampling_rate: float = 1.0):
+    """A DP-FedAvg plan for ``num_clients`` hospitals of 4 records each."""
+    from fedpriv.defenses.plans import DPFedAvgConfig, RunShape
+    selection = "all" if client_sampling_rate == 1.0 else "poisson"
+    shape = RunShape(rounds=rounds, local_steps=1, batch_size=1, hospital_sizes=(4,) * num_clients,
+                     client_selection=selection, client_sampling_rate=client_sampling_rate)
+    return DPFedAvgConfig(l2_clip_norm=l2_clip_norm, noise_multiplier=noise_multiplier, target_epsilon=1.0,
+                          delta=1e-5).make(shape)
+
+
+def run_one_round(model, data, *, pipeline=None, plan=None, backend="vmap", weighting="uniform",
+                  learning_rate=0.1, client_stages=(), params=None):
+    """One federated round of ``model`` on ``data`` through the real round function; its ``RoundOutcome``."""
+    from fedpriv.defenses.server_stages import ServerPipeline
+    from fedpriv.federated import (FederatedConfig, Federation, LocalTrainingConfig, init_server_state,
+                                   initial_stage_states, make_round, make_server_optimizer)
+    pipeline = ServerPipeline() if pipeline is None else pipeline
+    plan = no_privacy(data.batch_size) if plan is None else plan
+    config = FederatedConfig(algorithm="fedavg", rounds=1, clients_per_round=None, local_steps=data.local_steps,
+                             batch_size=data.batch_size, local=LocalTrainingConfig(learning_rate=learning_rate),
+                             backend=backend)
+    federation = Federation(model=model, config=config, plan=plan, num_clients=data.num_clients,
+                            client_stages=client_stages, pipeline=pipeline)
+    optimizer = make_server_optimizer("sgd", 1.0)
+    round_function = make_round(federation.client_update(), optimizer, backend=backend, pipeline=pipeline,
+                                weights=plan.aggregation_weights, weighting=weighting)
+    if params is None:
+        params = model.init(jax.random.key(0), data.examples["x"][0, 0])
+    return round_function(init_server_state(params, optimizer), data,
+                          jax.random.split(jax.random.key(1), data.num_clients),
+                          initial_stage_states(pipeline, jax.random.key(2)), plan.round_noise(0).traced())
+
+
+def train_without_defenses(model, config, params, round_data, num_clients: int, observe_rounds=()):
+    """``fedpriv.federated.train`` with no privacy plan and the plain server (seeds 1, 2, 3)."""
+    from fedpriv.federated import Federation, TrainingKeys, train
+    federation = Federation(model=model, config=config, plan=no_privacy(config.batch_size), num_clients=num_clients)
+    return train(federation, params=params, data=round_data, observe_rounds=observe_rounds,
+                 keys=TrainingKeys(sampling=jax.random.key(1), clients=jax.random.key(2), server=jax.random.key(3)))

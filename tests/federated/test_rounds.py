@@ -4,22 +4,34 @@ import numpy as np
 import optax
 import pytest
 
-from fedpriv.federated import (FederatedConfig, LocalTrainingConfig, init_server_state,
-                               make_client_update, make_round, make_server_optimizer)
+from fedpriv.defenses.server_stages import ServerPipeline
+from fedpriv.federated import (FederatedConfig, Federation, LocalTrainingConfig, TrainingHooks, TrainingKeys,
+                               init_server_state, initial_stage_states, make_client_update, make_round,
+                               make_server_optimizer)
 from fedpriv.typing import ClientData
-from tests.federated.conftest import random_client_data, scalar_mean_model
+from tests.federated.conftest import no_privacy, random_client_data, scalar_mean_model
+
+PLAN = no_privacy()
+PIPELINE = ServerPipeline()
+
+
+def _round_function(model, backend, local, weighting="examples"):
+    optimizer = make_server_optimizer("sgd", 1.0)
+    return make_round(make_client_update(model, local), optimizer, backend=backend, pipeline=PIPELINE,
+                      weights=PLAN.aggregation_weights, weighting=weighting), optimizer
 
 
 def _run_round(model, client_data, backend, *, steps_loop="unroll", rounds=1, learning_rate=0.1):
     local = LocalTrainingConfig(learning_rate=learning_rate, step_loop=steps_loop)
-    optimizer = make_server_optimizer("sgd", 1.0)
-    round_function = make_round(make_client_update(model, local), optimizer, backend=backend)
+    round_function, optimizer = _round_function(model, backend, local)
     params = model.init(jax.random.key(0), client_data.examples["x"][0, 0])
     state = init_server_state(params, optimizer)
+    stage_states = initial_stage_states(PIPELINE, jax.random.key(2))
     keys = jax.random.split(jax.random.key(1), client_data.num_clients)
     for _ in range(rounds):
-        state, updates, aux = round_function(state, client_data, keys)
-    return state, updates, aux, round_function
+        outcome = round_function(state, client_data, keys, stage_states, PLAN.round_noise(0).traced())
+        state, stage_states = outcome.state, outcome.stage_states
+    return state, outcome.sent, outcome.reports, round_function
 
 
 def test_vmap_backend_equals_loop_backend(tiny_conv_model):
@@ -32,7 +44,7 @@ def test_vmap_backend_equals_loop_backend(tiny_conv_model):
     for a, b in zip(jax.tree_util.tree_leaves(vmap_updates), jax.tree_util.tree_leaves(loop_updates)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
         assert np.all(np.asarray(a[1]) == 0.0)  # the absent client sends nothing
-    np.testing.assert_array_equal(vmap_aux["num_examples"], loop_aux["num_examples"])
+    np.testing.assert_array_equal(vmap_aux.num_examples, loop_aux.num_examples)
 
 
 def test_scan_and_unrolled_local_steps_agree(tiny_conv_model):
@@ -57,7 +69,7 @@ def test_fedavg_two_toy_clients_matches_hand_computation(backend):
                       client_mask=jnp.ones(2), record_ids=jnp.zeros((2, 2, 2), jnp.int32))
     state, updates, aux, _ = _run_round(model, data, backend, learning_rate=0.5)
     np.testing.assert_allclose(updates["w"], [1.5, 3.75], rtol=1e-6)
-    np.testing.assert_allclose(aux["num_examples"], [4.0, 2.0])
+    np.testing.assert_allclose(aux.num_examples, [4.0, 2.0])
     np.testing.assert_allclose(state.params["w"], 2.25, rtol=1e-6)
 
 
@@ -103,8 +115,9 @@ def test_second_round_does_not_recompile(tiny_conv_model, backend):
     optimizer = make_server_optimizer("sgd", 1.0)
     state = init_server_state(tiny_conv_model.init(jax.random.key(5), data.examples["x"][0, 0]), optimizer)
     keys = jax.random.split(jax.random.key(6), 2)
+    stage_states = initial_stage_states(PIPELINE, jax.random.key(2))
     for _ in range(2):
-        state, _, _ = round_function(state, data, keys)
+        state = round_function(state, data, keys, stage_states, PLAN.round_noise(0).traced()).state
     assert [f._cache_size() for f in round_function.compiled_functions] == sizes_after_first
 
 
@@ -149,8 +162,13 @@ def test_training_stops_before_the_round_a_budget_refuses(tiny_conv_model):
     config = FederatedConfig(algorithm="fedavg", rounds=5, clients_per_round=None, local_steps=1, batch_size=2,
                              local=LocalTrainingConfig(learning_rate=0.1))
     params = tiny_conv_model.init(jax.random.key(0), data.examples["x"][0, 0])
-    result = train(model=tiny_conv_model, config=config, params=params, round_data=lambda r, p: data,
-                   sampling_key=jax.random.key(1), clients_key=jax.random.key(2), num_clients=2,
-                   stop_before_round=lambda r: "budget exhausted" if r >= 3 else "")
+
+    class Budget:
+        def stop_reason(self, round_index):
+            return "budget exhausted" if round_index >= 3 else ""
+
+    result = train(Federation(model=tiny_conv_model, config=config, plan=PLAN, num_clients=2), params=params,
+                   data=lambda r, p: data, hooks=TrainingHooks(budget=Budget()),
+                   keys=TrainingKeys(sampling=jax.random.key(1), clients=jax.random.key(2), server=jax.random.key(3)))
     assert result.rounds_run == 3 and len(result.seconds_per_round) == 3
     assert result.stop_reason == "budget exhausted"

@@ -14,7 +14,7 @@ import pytest
     "fedpriv.defenses.noise",
     "fedpriv.defenses.dp_sgd",
     "fedpriv.defenses.dp_fedavg",
-    "fedpriv.defenses.audit_ledger",
+    "fedpriv.defenses.audit_log",
     "fedpriv.defenses.homomorphic",
 ])
 def test_docstring_examples(module_name):

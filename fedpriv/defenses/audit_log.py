@@ -1,18 +1,18 @@
-"""A signed, hash-chained audit ledger of what every hospital released (DESIGN §4).
+"""A signed, hash-chained audit log of what every hospital released (DESIGN §4).
 
 Each round every hospital adds a record: the SHA-256 of the update it sent, the DP
 parameters it ran with and the privacy spent so far (epsilon at delta, and the
 accountant). A record holds the hash of the one before and is signed with the hospital's
-Ed25519 key, so :func:`verify_ledger` detects edited, dropped, inserted or reordered
+Ed25519 key, so :func:`verify_audit_log` detects edited, dropped, inserted or reordered
 records and REPLAYS the accounting to the recorded epsilons with :mod:`fedpriv.privacy`.
 
 On disk: JSON Lines of canonical JSON (sorted keys, no whitespace, ASCII, no NaN or
-infinity; an infinite epsilon is ``"inf"``), so signatures are reproducible. An append
-writes the whole new file to a temporary file in the same directory, fsyncs it and moves
-it over the old one (``os.replace``): a failed append leaves the old file untouched, at
-the cost of rewriting the file per append (O(n^2) bytes over a run; append a round at
-once with :meth:`AuditLedger.extend`). The chain cannot show records cut off the END:
-keep :attr:`AuditLedger.head` elsewhere and pass it to :func:`verify_ledger`.
+infinity; an infinite epsilon is ``"inf"``), so signatures are reproducible. A round is
+appended in one write and fsynced; a write that fails is cut back to the old length, so
+the file keeps what it had, and a crash mid-write leaves a torn last line that
+:func:`verify_audit_log` reports (the records before it stay valid). The chain cannot show
+records cut off the END: keep :attr:`AuditLog.head` elsewhere and pass it to
+:func:`verify_audit_log`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import math
 import numbers
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -40,12 +39,13 @@ from fedpriv.privacy import accountant as accountant_lib
 from fedpriv.privacy import ledger as ledger_lib
 from fedpriv.typing import Params
 
-FORMAT = "fedpriv.audit_ledger.v1"
+FORMAT = "fedpriv.audit_log.v2"
 GENESIS_HASH = "0" * 64
-# A domain tag, so a ledger signature is no signature over any other message of the hospital.
+# A domain tag, so an audit-log signature is no signature over any other message of the hospital.
 _SIGNATURE_DOMAIN = FORMAT.encode("ascii") + b"\n"
 _HEX = frozenset("0123456789abcdef")
 REPLAY_MODES: tuple[str, ...] = ("every", "last", "none")
+NOTHING_SENT = hashlib.sha256(b"").hexdigest()
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
@@ -59,7 +59,7 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
 
 
 def record_hash(line: bytes) -> str:
-    """SHA-256 (hex) of one ledger line, without its newline: what the next record chains to."""
+    """SHA-256 (hex) of one audit-log line, without its newline: what the next record chains to."""
     return hashlib.sha256(line).hexdigest()
 
 
@@ -100,6 +100,10 @@ class AuditEntry:
       delta: the delta ``epsilon`` is stated at, in (0, 1).
       accountant: ``"rdp"`` or ``"pld"``, the accountant that gave ``epsilon``.
       unit: ``"example"`` or ``"client"``.
+      joined: whether the hospital took part in the round (``update_sha256`` is then the
+        digest of what it sent; of nothing, :data:`NOTHING_SENT`, otherwise).
+      tier: the privacy key the record accounts: ``""`` for the unit itself, else a
+        sensitivity tier's name (its records have their own budget).
 
     Raises:
       ValueError: on construction, if a field is out of range (names field, value, allowed).
@@ -116,8 +120,14 @@ class AuditEntry:
     delta: float
     accountant: str
     unit: str
+    joined: bool = True
+    tier: str = ""
 
     def __post_init__(self):
+        if not isinstance(self.joined, bool):
+            raise ValueError(f"joined must be true or false, got {self.joined!r}")
+        if not isinstance(self.tier, str):
+            raise ValueError(f"tier must be a string ('' for the unit itself), got {self.tier!r}")
         checked = {
             "round_index": _check_index(self.round_index, "round_index"),
             "client_id": _check_index(self.client_id, "client_id"),
@@ -180,36 +190,34 @@ def _write_all(handle, data: bytes) -> None:
     handle.write(data)
 
 
-def _replace_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Makes ``path`` hold ``data``, all or nothing, even across a crash."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _append_durably(path: pathlib.Path, data: bytes, old_size: int) -> None:
+    """Appends ``data`` to ``path`` and fsyncs it; on failure cuts the file back to ``old_size``."""
+    created = not path.exists()
     try:
-        with os.fdopen(descriptor, "wb") as handle:
+        with open(path, "ab") as handle:
             _write_all(handle, data)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o777)
-        os.replace(temporary, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        with contextlib.suppress(OSError):
+            os.truncate(path, old_size)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)  # the rename is durable once its directory is
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    if created:  # the new file's name is durable once its directory is
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
-class AuditLedger:
-    """The writer: appends signed, chained records to a JSON Lines file, atomically.
+class AuditLog:
+    """The writer: appends signed, chained records to a JSON Lines file, a round at a time.
 
     Opening an existing file checks its chain and signatures (not the accounting) and
-    refuses to extend a broken ledger.
+    refuses to extend a broken log.
 
     Args:
-      path: the ledger file; created on the first append if missing.
+      path: the log file; created on the first append if missing.
       public_keys: ``{client_id: Ed25519PublicKey}`` of every hospital allowed to sign.
 
     Raises:
@@ -236,14 +244,14 @@ class AuditLedger:
         self._public_keys = _check_public_keys(public_keys)
         self._head, self._length, self._size = GENESIS_HASH, 0, 0
         if self._path.exists():
-            report = verify_ledger(self._path, self._public_keys, replay="none")
+            report = verify_audit_log(self._path, self._public_keys, replay="none")
             if not report.ok:
                 first = report.problems[0]
                 raise ValueError(f"cannot extend {self._path}: it does not verify; first problem: line "
                                  f"{first.line}: {first.kind}: {first.message}")
             self._head, self._length, self._size = report.head, report.records, self._path.stat().st_size
 
-    path = property(lambda self: self._path, doc="The ledger file.")
+    path = property(lambda self: self._path, doc="The log file.")
 
     @property
     def head(self) -> str:
@@ -258,10 +266,10 @@ class AuditLedger:
         return self.extend([(entry, signing_key)])[0]
 
     def extend(self, items: Sequence[tuple[AuditEntry, ed25519.Ed25519PrivateKey]]) -> tuple[str, ...]:
-        """Signs and appends several entries (e.g. one round) in ONE atomic write.
+        """Signs and appends several entries (e.g. one round) in ONE write, fsynced.
 
         Args:
-          items: ``(entry, signing_key)`` pairs, in ledger order.
+          items: ``(entry, signing_key)`` pairs, in log order.
 
         Returns:
           The hash of each record written, in order (the last is the new :attr:`head`).
@@ -271,7 +279,7 @@ class AuditLedger:
             an Ed25519 private key, its client has no registered public key, or the key is
             not the registered one.
           RuntimeError: if the file changed on disk since this writer last saw it.
-          OSError: if writing fails; the file on disk is then unchanged.
+          OSError: if writing fails; the file is then cut back to what it held.
         """
         items = list(items)
         for position, item in enumerate(items):
@@ -286,8 +294,8 @@ class AuditLedger:
             if signing_key.public_key() != registered:
                 raise ValueError(f"items[{position}]: the signing key is not client {entry.client_id}'s "
                                  f"registered key")
-        existing = self._path.read_bytes() if self._path.exists() else b""
-        if len(existing) != self._size or (existing and record_hash(existing[:-1].rsplit(b"\n", 1)[-1]) != self._head):
+        size = self._path.stat().st_size if self._path.exists() else 0
+        if size != self._size or (size and self._last_line_hash() != self._head):
             raise RuntimeError(f"{self._path} changed on disk since this writer last wrote it; reopen and verify it")
         hashes, lines, head = [], [], self._head
         for offset, (entry, signing_key) in enumerate(items):
@@ -296,14 +304,21 @@ class AuditLedger:
             lines.append(line + b"\n")
             head = record_hash(line)
             hashes.append(head)
-        data = existing + b"".join(lines)
-        _replace_atomically(self._path, data)
-        self._head, self._length, self._size = head, self._length + len(hashes), len(data)
+        data = b"".join(lines)
+        _append_durably(self._path, data, self._size)
+        self._head, self._length, self._size = head, self._length + len(hashes), self._size + len(data)
         return tuple(hashes)
+
+    def _last_line_hash(self) -> str:
+        """Hash of the file's last line (reads only its tail)."""
+        with open(self._path, "rb") as handle:
+            handle.seek(max(0, self._size - 65536))
+            tail = handle.read()
+        return record_hash(tail[:-1].rsplit(b"\n", 1)[-1])
 
 
 @dataclasses.dataclass(frozen=True)
-class LedgerProblem:
+class AuditLogProblem:
     """One finding: the 1-based line, a kind, and why.
 
     Kinds: ``malformed`` (not a JSON object, or a torn last line), ``not_canonical``,
@@ -319,34 +334,34 @@ class LedgerProblem:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LedgerVerification:
-    """The result of :func:`verify_ledger`.
+class AuditLogVerification:
+    """The result of :func:`verify_audit_log`.
 
     Attributes:
       records: lines read. problems: every finding, in line order (``ok`` iff none).
-      head: hash of the last line (:data:`GENESIS_HASH` for an empty ledger).
-      replayed_epsilon: ``{client_id: epsilon}`` replayed at each hospital's last checked
-        record (empty with ``replay="none"``). seconds: wall-clock time of the check.
+      head: hash of the last line (:data:`GENESIS_HASH` for an empty log).
+      replayed_epsilon: ``{(client_id, tier): epsilon}`` replayed at each hospital's (and
+        tier's) last checked record (empty with ``replay="none"``). seconds: wall-clock time of the check.
     """
 
     records: int
-    problems: tuple[LedgerProblem, ...]
+    problems: tuple[AuditLogProblem, ...]
     head: str
-    replayed_epsilon: dict[int, float]
+    replayed_epsilon: dict[tuple[int, str], float]
     seconds: float
 
     ok = property(lambda self: not self.problems, doc="True iff nothing was found.")
 
 
-def verify_ledger(
+def verify_audit_log(
     path: str | os.PathLike,
     public_keys: Mapping[int, ed25519.Ed25519PublicKey],
     *,
     expected_head: str | None = None,
     replay: str = "every",
     epsilon_tolerance: float = 1e-9,
-) -> LedgerVerification:
-    """Checks every line of a ledger and replays each hospital's privacy accounting.
+) -> AuditLogVerification:
+    """Checks every line of an audit log and replays each hospital's privacy accounting.
 
     Every line must be canonical JSON of a valid record, at the next index, chained to the
     line before, signed by its hospital's registered key, with rounds increasing per
@@ -366,7 +381,7 @@ def verify_ledger(
       epsilon_tolerance: allowed relative and absolute difference, ``>= 0``.
 
     Returns:
-      A :class:`LedgerVerification`.
+      A :class:`AuditLogVerification`.
 
     Raises:
       ValueError: if an argument is malformed. FileNotFoundError: if ``path`` is missing.
@@ -390,11 +405,11 @@ def verify_ledger(
     epsilon_tolerance = _validation.check_noise_multiplier(epsilon_tolerance, "epsilon_tolerance")  # finite, >= 0
     replay = _validation.check_choice(replay, "replay", REPLAY_MODES)
     lines = pathlib.Path(path).read_bytes().split(b"\n")
-    torn = lines[-1] != b""  # a complete ledger ends with a newline
+    torn = lines[-1] != b""  # a complete log ends with a newline
     lines = lines if torn else lines[:-1]
-    problems: list[LedgerProblem] = []
+    problems: list[AuditLogProblem] = []
     signed: list[tuple[int, AuditEntry]] = []
-    last_round: dict[int, int] = {}
+    last_round: dict[tuple[int, str], int] = {}
     previous_hash, previous_index = GENESIS_HASH, -1
     for number, line in enumerate(lines, start=1):
         entry, index, is_signed = _check_line(number, line, torn and number == len(lines), previous_hash,
@@ -403,47 +418,50 @@ def verify_ledger(
         previous_index = previous_index + 1 if index is None else index
         if entry is None:
             continue
-        if entry.round_index <= last_round.get(entry.client_id, -1):
-            problems.append(LedgerProblem(number, "round_order", f"client {entry.client_id} records round "
-                                          f"{entry.round_index} after round {last_round[entry.client_id]}"))
-        last_round[entry.client_id] = max(entry.round_index, last_round.get(entry.client_id, -1))
+        owner = (entry.client_id, entry.tier)
+        if entry.round_index <= last_round.get(owner, -1):
+            problems.append(AuditLogProblem(number, "round_order", f"client {entry.client_id} records round "
+                                            f"{entry.round_index} after round {last_round[owner]}"))
+        last_round[owner] = max(entry.round_index, last_round.get(owner, -1))
         if is_signed:
             signed.append((number, entry))
     replayed = {} if replay == "none" else _replay(signed, replay, epsilon_tolerance, problems)
     problems.sort(key=lambda problem: problem.line)
     head = previous_hash  # GENESIS_HASH for an empty file
     if expected_head is not None and head != expected_head:
-        problems.append(LedgerProblem(len(lines), "head", f"the ledger ends at hash {head[:16]}... but the expected "
+        problems.append(AuditLogProblem(len(lines), "head", f"the log ends at hash {head[:16]}... but the expected "
                                       f"head is {expected_head[:16]}...: records were cut off or added at the end"))
-    return LedgerVerification(records=len(lines), problems=tuple(problems), head=head, replayed_epsilon=replayed,
+    return AuditLogVerification(records=len(lines), problems=tuple(problems), head=head, replayed_epsilon=replayed,
                               seconds=time.perf_counter() - start)
 
 
-def _replay(signed: list, mode: str, tolerance: float, problems: list) -> dict[int, float]:
-    """Replays the signed records' accounting (one PrivacyLedger per hospital); flags mismatches.
+def _replay(signed: list, mode: str, tolerance: float, problems: list) -> dict[tuple[int, str], float]:
+    """Replays the signed records' accounting (one PrivacyLedger per hospital and tier); flags mismatches.
 
     Equal histories share their epsilon: hospitals running one plan cost one accounting per round.
     """
-    last_line = {entry.client_id: number for number, entry in signed}
-    ledgers: dict[int, ledger_lib.PrivacyLedger] = {}
-    histories: dict[int, tuple] = {}
+    last_line = {(entry.client_id, entry.tier): number for number, entry in signed}
+    ledgers: dict[tuple[int, str], ledger_lib.PrivacyLedger] = {}
+    histories: dict[tuple[int, str], tuple] = {}
     cache: dict[tuple, float] = {}
-    replayed: dict[int, float] = {}
+    replayed: dict[tuple[int, str], float] = {}
     for number, entry in signed:
-        ledger = ledgers.setdefault(entry.client_id, ledger_lib.PrivacyLedger(unit=entry.unit))
+        owner = (entry.client_id, entry.tier)
+        ledger = ledgers.setdefault(owner, ledger_lib.PrivacyLedger(unit=entry.unit))
         ledger.record_round(entry.noise_multiplier, entry.sampling_rate, entry.steps)
         release = (entry.noise_multiplier, entry.sampling_rate, entry.steps)
-        history = histories[entry.client_id] = histories.get(entry.client_id, ()) + (release,)
-        if mode == "last" and last_line[entry.client_id] != number:
+        history = histories[owner] = histories.get(owner, ()) + (release,)
+        if mode == "last" and last_line[owner] != number:
             continue
         key = (history, entry.delta, entry.accountant)
         if key not in cache:
             cache[key] = ledger.epsilon(entry.delta, entry.accountant)
-        epsilon = replayed[entry.client_id] = cache[key]
+        epsilon = replayed[owner] = cache[key]
         if not (epsilon == entry.epsilon or math.isclose(epsilon, entry.epsilon, rel_tol=tolerance,
                                                          abs_tol=tolerance)):
-            problems.append(LedgerProblem(number, "epsilon_mismatch", (
-                f"client {entry.client_id} round {entry.round_index} records epsilon {entry.epsilon!r}, replaying "
+            where = f"client {entry.client_id}" + (f" tier {entry.tier!r}" if entry.tier else "")
+            problems.append(AuditLogProblem(number, "epsilon_mismatch", (
+                f"{where} round {entry.round_index} records epsilon {entry.epsilon!r}, replaying "
                 f"its recorded rounds with {entry.accountant} at delta {entry.delta!r} gives {epsilon!r}")))
     return replayed
 
@@ -451,7 +469,7 @@ def _replay(signed: list, mode: str, tolerance: float, problems: list) -> dict[i
 def _check_line(number, line, torn, previous_hash, previous_index, public_keys, problems):
     """Checks one line against the line before; returns ``(entry or None, index or None, signed)``."""
     def problem(kind, message):
-        problems.append(LedgerProblem(number, kind, message))
+        problems.append(AuditLogProblem(number, kind, message))
     if torn:
         problem("malformed", "the last line has no newline: a torn (partial) write")
         return None, None, False
@@ -495,4 +513,4 @@ def _check_line(number, line, torn, previous_hash, previous_index, public_keys, 
 
 
 def _refuse(name: str):
-    raise ValueError(f"{name} is not allowed in a ledger")
+    raise ValueError(f"{name} is not allowed in an audit log")
