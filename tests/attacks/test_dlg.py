@@ -50,7 +50,7 @@ def test_joint_dlg_recovers_inputs_and_labels_of_a_small_sigmoid_mlp(small_setup
     assert np.all(result.objective < 1e-6)
 
 
-@pytest.mark.slow  # the batched/one-at-a-time equivalence is also checked for Inverting Gradients
+@pytest.mark.slow  # like Inverting Gradients' compilation variants: equivalence checks run under -m slow
 def test_batched_victims_match_one_at_a_time_and_across_compilations(small_setup):
     model, _, _, _, obs = small_setup
     config = DLGConfig(iterations=100, restarts=2, init="uniform")

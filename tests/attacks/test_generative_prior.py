@@ -107,6 +107,7 @@ def test_prior_from_another_site_fits_unseen_patients(phantom_prior):
     assert float(np.mean(psnr(samples, victims))) > 14.0
 
 
+@pytest.mark.slow  # its prior fixture trains 12 s; the prior's unit tests stay in the default run
 def test_recovers_an_image_inside_the_prior_range(tiny):
     model, params, prior = tiny
     truth = prior.decode(jax.random.normal(jax.random.key(4), (1, prior.latent_dim)))

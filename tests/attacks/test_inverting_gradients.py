@@ -21,6 +21,7 @@ def tiny_setup():
     return model, params, x, y, observe(model, params, x, y)
 
 
+@pytest.mark.slow  # 18 s under xdist; one compilation per attack runs in the default run
 def test_all_compilation_variants_give_the_same_reconstruction(tiny_setup):
     model, _, _, _, obs = tiny_setup
     config = InvertingGradientsConfig(iterations=40, restarts=2, tv_weight=1e-3)

@@ -179,6 +179,7 @@ def _epsilon_lower_bound(scores, is_member, delta):
     return max(bounds), rows
 
 
+@pytest.mark.slow  # its fixture trains 9 s; the scenario-level DP-SGD membership test stays in the default run
 def test_dp_target_stays_under_the_dp_bound(data, private, non_private):
     is_member = data["is_member"]
     epsilon = private["epsilon"]

@@ -103,6 +103,7 @@ def test_search_moves_are_every_swap_and_replacement():
     assert np.all(moves[..., 3] == 0)  # fixed padding never moves
 
 
+@pytest.mark.slow  # 18 s under xdist; the data=notes and attack=token_recovery presets run it end to end under -m slow
 def test_end_to_end_cohort_partition_round_attack_metrics(setting):
     cohort, model, params = setting
     partition = partition_iid(cohort.num_records, 4, np.random.default_rng(0))

@@ -11,7 +11,7 @@ from fedpriv.defenses.noise import GaussianNoiseState
 BUDGETS = {"general": 8.0, "mental_health": 3.0, "substance_use": 2.0, "genomic": 1.0}
 
 
-@pytest.fixture(scope="module", params=["scale", "sample"])
+@pytest.fixture(scope="module", params=["scale", pytest.param("sample", marks=pytest.mark.slow)])
 def plan(request):
     return TieredDPSGDPlan.calibrated(budgets=BUDGETS, delta=1e-5, method=request.param, l2_clip_norm=1.0,
                                       sampling_rate=0.05, steps=200, expected_batch_size=5.0)

@@ -122,7 +122,9 @@ def test_every_option_composes(group, option, data_paths):
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("data", "notes"), ("defense", "anomaly_screening"),
-                ("defense", "tiered_dp_sgd")}
+                ("defense", "tiered_dp_sgd"), ("model", "transformer"), ("defense", "audited_dp_sgd"),
+                ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
+                ("data", "dicom_folder")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]

@@ -3,11 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedpriv.federated import LocalTrainingConfig, make_client_update
 from tests.federated.conftest import random_client_data
 
 
+@pytest.mark.slow  # 34 s under xdist
 def test_rematerialized_multistep_update_and_its_input_gradient_match(tiny_conv_model):
     data = random_client_data(np.random.default_rng(0), clients=1, steps=3, batch=2, input_shape=(8, 8, 1),
                               num_classes=3, pad_fraction=0.0)
