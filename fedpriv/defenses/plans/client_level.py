@@ -23,12 +23,10 @@ import optax
 from fedpriv.defenses.dp_fedavg import DPFedAvgPlan
 from fedpriv.defenses.local_dp import clip_update_l2
 from fedpriv.defenses.noise import GaussianNoiseState
-from fedpriv.defenses.plans.dp_plan_base import PublicWeightsMixin
+from fedpriv.defenses.plans.dp_plan_base import PublicWeightsMixin, check_gaussian_settings
 from fedpriv.defenses.plans.protocol import (BatchSampling, Composition, RoundNoise, RunShape, UpdateStage,
                                              refuse)
 from fedpriv.defenses.server_stages import RoundAggregate, StageContext
-from fedpriv.privacy import _validation
-from fedpriv.privacy import accountant as accountant_lib
 from fedpriv.privacy.ledger import LedgerRound
 from fedpriv.typing import PRNGKey
 
@@ -102,12 +100,7 @@ class DPFedAvgConfig:
     accountant: str = "rdp"
 
     def __post_init__(self):
-        _validation.check_positive(self.l2_clip_norm, "l2_clip_norm")
-        if self.noise_multiplier is not None:
-            _validation.check_noise_multiplier(self.noise_multiplier)
-        _validation.check_epsilon(self.target_epsilon, "target_epsilon")
-        _validation.check_delta(self.delta)
-        _validation.check_choice(self.accountant, "accountant", accountant_lib.ACCOUNTANTS)
+        check_gaussian_settings(self)
 
     def make(self, shape: RunShape) -> "DPFedAvgPrivacyPlan":
         common = dict(l2_clip_norm=self.l2_clip_norm, client_sampling_rate=shape.client_sampling_rate,

@@ -12,7 +12,20 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from fedpriv.defenses.plans.protocol import Composition, refuse
+from fedpriv.privacy import _validation
+from fedpriv.privacy import accountant as accountant_lib
 from fedpriv.typing import Array
+
+
+def check_gaussian_settings(config) -> None:
+    """Validates the fields a calibrated Gaussian plan's config shares (clip norm, optional noise
+    multiplier, target epsilon, delta, accountant), each error naming its field."""
+    _validation.check_positive(config.l2_clip_norm, "l2_clip_norm")
+    if config.noise_multiplier is not None:
+        _validation.check_noise_multiplier(config.noise_multiplier)
+    _validation.check_epsilon(config.target_epsilon, "target_epsilon")
+    _validation.check_delta(config.delta)
+    _validation.check_choice(config.accountant, "accountant", accountant_lib.ACCOUNTANTS)
 
 
 class PublicWeightsMixin:

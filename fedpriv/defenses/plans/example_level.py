@@ -17,7 +17,7 @@ from typing import Any
 from fedpriv.data.client_data import poisson_capacity
 from fedpriv.defenses.dp_sgd import DPSGDPlan
 from fedpriv.defenses.noise import update_noise_stddev
-from fedpriv.defenses.plans.dp_plan_base import PublicWeightsMixin
+from fedpriv.defenses.plans.dp_plan_base import PublicWeightsMixin, check_gaussian_settings
 from fedpriv.defenses.plans.protocol import (BatchSampling, Composition, RoundNoise, RunShape, UpdateStage,
                                              refuse)
 from fedpriv.defenses.tiered_dp_sgd import TIER_METHODS, TieredDPSGDPlan
@@ -73,12 +73,7 @@ class DPSGDConfig:
     schedule: dict = dataclasses.field(default_factory=lambda: {"kind": "constant"})
 
     def __post_init__(self):
-        _validation.check_positive(self.l2_clip_norm, "l2_clip_norm")
-        if self.noise_multiplier is not None:
-            _validation.check_noise_multiplier(self.noise_multiplier)
-        _validation.check_epsilon(self.target_epsilon, "target_epsilon")
-        _validation.check_delta(self.delta)
-        _validation.check_choice(self.accountant, "accountant", accountant_lib.ACCOUNTANTS)
+        check_gaussian_settings(self)
         object.__setattr__(self, "schedule", check_schedule(self.schedule))
 
     def mechanism(self, *, sampling_rate: float, rounds: int, steps_per_round: int,
