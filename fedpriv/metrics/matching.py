@@ -1,4 +1,4 @@
-"""Pairs each reconstruction with its best-matching true record.
+"""Pairs reconstructions with true records for scoring.
 
 A batch attack returns its reconstructions in an arbitrary order (the gradient of a
 sum does not depend on the order of the examples), so batch scores first solve the
@@ -13,6 +13,8 @@ References:
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +82,47 @@ def best_match(reconstructed, truth) -> np.ndarray:
     permutation = np.empty(costs.shape[0], dtype=np.int64)
     permutation[rows] = columns
     return permutation
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordAssignment:
+    """Which reconstruction is scored against which true record, with nothing left out.
+
+    Attributes:
+      reconstruction_index: ``[P]`` reconstructions of the scored pairs.
+      truth_index: ``[P]`` their true records (a record appears twice only in ``"nearest"``).
+      missing: true records no reconstruction was assigned to: they score as failures.
+      matching: ``"assignment"`` (Hungarian: at most as many reconstructions as records,
+        each record used once) or ``"nearest"`` (more reconstructions than records: all
+        of them are scored, each against its nearest record; none is dropped).
+    """
+
+    reconstruction_index: np.ndarray
+    truth_index: np.ndarray
+    missing: np.ndarray
+    matching: str
+
+
+def assign_records(costs) -> RecordAssignment:
+    """Pairs reconstructions with true records from ``[N, M]`` costs, without picking any.
+
+    With ``N <= M`` the Hungarian assignment pairs every reconstruction with a distinct
+    record and the ``M - N`` records left over are ``missing``. With ``N > M`` the
+    surplus is *not* filtered with the ground truth (that would score the attacker's
+    lucky guesses only): every reconstruction is scored against its nearest record, and
+    records nearest to none are ``missing``.
+    """
+    costs = np.asarray(costs, dtype=np.float64)
+    if costs.ndim != 2:
+        raise ValueError(f"assign_records: costs must be [reconstructions, records], got shape {costs.shape}")
+    count, records = costs.shape
+    if count == 0 or records == 0:
+        return RecordAssignment(np.zeros(0, np.int64), np.zeros(0, np.int64), np.arange(records), "assignment")
+    if count <= records:
+        rows, columns = scipy.optimize.linear_sum_assignment(costs)
+        matching = "assignment"
+    else:
+        rows, columns = np.arange(count), np.argmin(costs, axis=1)
+        matching = "nearest"
+    missing = np.setdiff1d(np.arange(records), columns)
+    return RecordAssignment(rows.astype(np.int64), columns.astype(np.int64), missing.astype(np.int64), matching)
