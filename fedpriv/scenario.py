@@ -18,17 +18,15 @@ import numpy as np
 
 from fedpriv import data as data_lib
 from fedpriv.attacks import AttackCompilation, LiraConfig
-from fedpriv.attacks.code_recovery import CodeRecoveryConfig
-from fedpriv.attacks.generative_prior import GenerativePriorConfig
 from fedpriv.attacks.image_prior import ImagePriorConfig
-from fedpriv.attacks.tokens import TokenRecoveryConfig
+from fedpriv.attacks.protocol import check_attack_config
 from fedpriv.defenses.plans import NoPrivacyConfig, PrivacyConfig
 from fedpriv.federated import FederatedConfig
 from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.keys import run_keys
 from fedpriv.privacy import _validation
 from fedpriv.privacy.accountant import ACCOUNTANTS
-from fedpriv.scenario_attacks import ATTACK_CONFIGS, IMAGE_ATTACKS, attack_stage, prepare_attack
+from fedpriv.scenario_attacks import ATTACK_KIND_OF_COHORT, attack_stage, prepare_attack
 from fedpriv.scenario_federation import build_cohorts, build_model, make_plan, save_membership_coins, train_federation
 from fedpriv.scenario_measurements import defense_costs, membership_metrics, privacy_metrics, training_metrics
 from fedpriv.typing import Model
@@ -86,7 +84,7 @@ class ScenarioConfig:
       privacy_options: delta, accountant, stop-on-budget, canary audit, randomness.
       defenses: the rest of the defense stack (compression, secure protocols, screening,
         robust rules, partitioning, audit log, model screening).
-      attack: the attack (one of ``fedpriv.scenario_attacks.ATTACK_CONFIGS``), or ``None``.
+      attack: an attack config (``fedpriv.attacks.protocol.AttackConfig``), or ``None``.
       attack_compilation: how the attack is compiled.
       attack_prior: the image prior a generative-prior attack trains on public images.
       public_records: how many public images the attacker holds (the prior's training
@@ -126,16 +124,13 @@ class ScenarioConfig:
             raise ValueError(f"num_victims must be an integer >= 0, got {self.num_victims!r}")
         if self.attack is not None and self.num_victims < 1:
             raise ValueError("num_victims must be >= 1 when an attack is configured")
-        if self.attack is not None and not isinstance(self.attack, ATTACK_CONFIGS):
-            raise ValueError(f"attack.config must be one of {[c.__name__ for c in ATTACK_CONFIGS]}, "
-                             f"got {type(self.attack).__name__}")
         if self.attack is not None:
-            fits = {"ehr": CodeRecoveryConfig, "notes": TokenRecoveryConfig}.get(self.cohort.kind, IMAGE_ATTACKS)
-            if not isinstance(self.attack, fits):
-                allowed = [c.__name__ for c in (fits if isinstance(fits, tuple) else (fits,))]
-                raise ValueError(f"attack {type(self.attack).__name__} does not fit data.cohort.kind "
-                                 f"{self.cohort.kind!r}: use one of {allowed}")
-        if (self.attack_prior is None) != (not isinstance(self.attack, GenerativePriorConfig)):
+            check_attack_config(self.attack)
+            fits = ATTACK_KIND_OF_COHORT.get(self.cohort.kind, "images")
+            if self.attack.kind != fits:
+                raise ValueError(f"attack {type(self.attack).__name__} recovers {self.attack.kind}, which does not "
+                                 f"fit data.cohort.kind {self.cohort.kind!r}: use an attack of kind {fits!r}")
+        if (self.attack_prior is None) != (not getattr(self.attack, "uses_prior", False)):
             raise ValueError("attack.prior must be set exactly when the attack is a generative-prior inversion")
         # iDLG reads one label off the head update: caught here, not after the whole training run.
         if (self.attack is not None and getattr(self.attack, "label_strategy", None) == "idlg"

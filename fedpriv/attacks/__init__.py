@@ -1,5 +1,8 @@
 """Attacks: an ``Observation`` (plus public knowledge) in, a reconstruction (images, codes, notes) out.
 
+Every reconstruction attack follows one protocol (``protocol.py``): ``config.make(model,
+public) -> Attack``, then ``attack(observation, key, *, victims, side_knowledge)``.
+
 Attacks never import ``fedpriv.data`` or ``fedpriv.metrics`` (DESIGN §1).
 """
 
@@ -18,12 +21,15 @@ from fedpriv.attacks.inverting_gradients import (AttackCompilation, InvertingGra
 from fedpriv.attacks.labels import idlg_labels, ilrg_label_counts, labels_from_counts, llg_label_counts
 from fedpriv.attacks.membership import (LiraConfig, LiraResult, ShadowModels, client_membership_scores,
                                         lira_attack, lira_scores, loss_threshold_scores, train_shadow_models)
+from fedpriv.attacks.protocol import (ATTACK_KINDS, Attack, AttackConfig, CodeRecoveryResult, PublicKnowledge,
+                                      SideKnowledge, TokenRecoveryResult)
 from fedpriv.attacks.shadow_models import (ShadowTrainingConfig, balanced_inclusion_masks, logit_confidence,
                                            logit_confidences, poisson_sample_masks, train_model, train_models)
 from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens, token_bag
 
 __all__ = [
-    "AttackCompilation", "CodeRecovery", "CodeRecoveryConfig", "DLGConfig", "DenseLayerCandidates",
+    "ATTACK_KINDS", "Attack", "AttackCompilation", "AttackConfig", "CodeRecoveryResult", "PublicKnowledge",
+    "SideKnowledge", "TokenRecoveryResult", "CodeRecovery", "CodeRecoveryConfig", "DLGConfig", "DenseLayerCandidates",
     "GenerativePriorConfig", "ImagePrior", "ImagePriorConfig", "ImprintConfig", "InvertingGradientsConfig",
     "LiraConfig", "LiraResult", "ShadowModels", "ShadowTrainingConfig", "TokenRecoveryConfig",
     "balanced_inclusion_masks", "client_membership_scores", "code_counts", "code_set", "cosine_distance",

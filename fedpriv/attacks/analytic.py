@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedpriv.typing import Observation, Reconstruction
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
+from fedpriv.typing import Model, Observation, Reconstruction
 
 
 def recover_dense_layer_input(kernel_update: jnp.ndarray, bias_update: jnp.ndarray) -> jnp.ndarray:
@@ -199,6 +202,19 @@ class AnalyticConfig:
     layer: str = "dense_0"
     min_support: int = 2
     relative_tolerance: float = 1e-4
+
+    kind: ClassVar[str] = "images"
+    needs_public_images: ClassVar[bool] = False
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """Checks ``layer`` is a dense layer with bias of ``model``; inverts it exactly."""
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *model.input_shape)))
+        if "bias" not in shapes.get(self.layer, {}):
+            raise ValueError(f"attack.config.layer {self.layer!r} is not a dense layer with bias of model "
+                             f"{model.name!r}; its layers: {sorted(shapes)}")
+        def recover(observation, key, victims, side: SideKnowledge):
+            return analytic_attack(observation, self, victims)
+        return Attack(kind=self.kind, model=model, iterations=1, recover=recover)
 
     def __post_init__(self):
         if not (isinstance(self.min_support, int) and self.min_support >= 1):

@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 from fedpriv.attacks import codes
+from fedpriv.attacks.protocol import Attack, CodeRecoveryResult, PublicKnowledge, SideKnowledge
 from fedpriv.typing import Model, Observation
+
 
 CODE_METHODS = ("auto", "set", "counts", "noisy", "frozen")
 
@@ -36,6 +39,17 @@ class CodeRecoveryConfig:
     refine: bool = False
     candidate_fraction: float = 0.5
     pooling: str = "sum"
+
+    kind: ClassVar[str] = "codes"
+    needs_public_images: ClassVar[bool] = False
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """Returns ``CodeRecoveryResult``s (the recovery and the method the protocol allowed)."""
+        def recover(observation, key, victims, side: SideKnowledge):
+            recovery, method = recover_codes(observation, model, self, victims=victims,
+                                             noise_stddev=side.noise_stddev)
+            return CodeRecoveryResult(recovery=recovery, method=method)
+        return Attack(kind=self.kind, model=model, iterations=1, recover=recover)
 
     def __post_init__(self):
         if self.method not in CODE_METHODS:

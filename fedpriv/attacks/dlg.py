@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import types
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,10 @@ import optax
 from fedpriv.attacks.common import squared_distance, validate_observation
 from fedpriv.attacks.inverting_gradients import AttackCompilation
 from fedpriv.attacks.labels import attack_labels
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
+
 
 OPTIMIZERS = ("lbfgs", "adam")
 INITIALISATIONS = ("normal", "uniform")
@@ -81,6 +84,17 @@ class DLGConfig:
     init: str = "uniform"
     label_strategy: str = "joint"
     record_every: int = 10
+
+    kind: ClassVar[str] = "images"
+    needs_public_images: ClassVar[bool] = False
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """The attack on ``model``'s observed updates (see ``fedpriv.attacks.protocol``)."""
+        def recover(observation, key, victims, side: SideKnowledge):
+            return deep_leakage(observation, model, self, key, victims=victims, labels=side.labels,
+                                compilation=public.compilation)
+        return Attack(kind=self.kind, model=model, iterations=self.iterations * self.restarts, recover=recover,
+                      needs_known_labels=self.label_strategy == "known")
 
     def __post_init__(self):
         for name in ("iterations", "memory_size", "max_linesearch_steps", "restarts", "record_every"):

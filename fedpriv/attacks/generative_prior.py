@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import types
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,7 @@ from fedpriv.attacks.image_prior import ImagePrior, make_decode
 from fedpriv.attacks.inverting_gradients import (DISTANCES, LABEL_STRATEGIES, AttackCompilation,
                                                  make_gradient_matching_objective)
 from fedpriv.attacks.labels import attack_labels
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 
@@ -85,6 +87,20 @@ class GenerativePriorConfig:
     latent_init_std: float = 1.0
     label_strategy: str = "idlg"
     record_every: int = 10
+
+    kind: ClassVar[str] = "images"
+    needs_public_images: ClassVar[bool] = True
+    uses_prior: ClassVar[bool] = True  # the scenario trains ``attack.prior`` before the attack
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """The attack through ``public.prior`` (trained on public images before training)."""
+        if public.prior is None:
+            raise ValueError("a generative-prior inversion needs a prior: set attack.prior")
+        def recover(observation, key, victims, side: SideKnowledge):
+            return invert_with_prior(observation, model, public.prior, self, key, victims=victims,
+                                     labels=side.labels, compilation=public.compilation)
+        return Attack(kind=self.kind, model=model, iterations=self.iterations * self.restarts, recover=recover,
+                      needs_known_labels=self.label_strategy == "known")
 
     def __post_init__(self):
         for name in ("latent_iterations", "restarts", "record_every"):

@@ -41,13 +41,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.typing import Array, Model, Observation, Params, PRNGKey, Reconstruction
+
 
 IMPRINT_NAME = "imprint"
 MEASUREMENTS = ("mean", "random")
@@ -74,6 +77,19 @@ class ImprintConfig:
     output_scale: float = 1e-3
     gain: float = 1e-4
     lowest_level: float = 1e-4
+
+    kind: ClassVar[str] = "images"
+    needs_public_images: ClassVar[bool] = True
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """Crafts the imprint model from public images; the attack reads the records off it."""
+        crafted, _ = make_imprint_model(model, bins=self.bins, measurement=self.measurement,
+                                        public_inputs=public.images, key=public.key,
+                                        output_scale=self.output_scale, gain=self.gain,
+                                        lowest_level=self.lowest_level)
+        def recover(observation, key, victims, side: SideKnowledge):
+            return recover_from_imprint(observation, victims=victims)
+        return Attack(kind=self.kind, model=crafted, iterations=1, recover=recover, observes_aggregate=True)
 
     def __post_init__(self):
         if isinstance(self.bins, bool) or not isinstance(self.bins, numbers.Integral) or self.bins < 2:

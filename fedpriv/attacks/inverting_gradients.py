@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import types
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,10 @@ import optax
 from fedpriv.attacks.common import (cosine_distance, observed_part, squared_distance, total_variation,
                                     validate_observation)
 from fedpriv.attacks.labels import attack_labels
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
+
 
 DISTANCES = ("cosine", "l2")
 INITIALISATIONS = ("uniform", "normal")
@@ -74,6 +77,17 @@ class InvertingGradientsConfig:
     init: str = "uniform"
     label_strategy: str = "idlg"
     record_every: int = 10
+
+    kind: ClassVar[str] = "images"
+    needs_public_images: ClassVar[bool] = False
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """The attack on ``model``'s observed updates (see ``fedpriv.attacks.protocol``)."""
+        def recover(observation, key, victims, side: SideKnowledge):
+            return invert_gradients(observation, model, self, key, victims=victims, labels=side.labels,
+                                    compilation=public.compilation)
+        return Attack(kind=self.kind, model=model, iterations=self.iterations * self.restarts, recover=recover,
+                      needs_known_labels=self.label_strategy == "known")
 
     def __post_init__(self):
         if isinstance(self.box, list):  # YAML gives lists; keep the config hashable

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import types
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +43,12 @@ import optax
 
 from fedpriv.attacks.common import cosine_distance, squared_distance, validate_observation
 from fedpriv.attacks.labels import attack_labels
+from fedpriv.attacks.protocol import Attack, TokenRecoveryResult, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.keys import numpy_generator
 from fedpriv.public.clinical_words import CLS_ID, PAD_ID
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
+
 
 DISTANCES = ("cosine", "l2")
 LABEL_STRATEGIES = ("known", "idlg")
@@ -91,6 +94,18 @@ class TokenRecoveryConfig:
     embedding_path: tuple[str, ...] = ("token_embedding", "embedding")
     position_path: tuple[str, ...] | None = ("position_embedding", "embedding")
     record_every: int = 10
+
+    kind: ClassVar[str] = "tokens"
+    needs_public_images: ClassVar[bool] = False
+
+    def make(self, model: Model, public: PublicKnowledge) -> Attack:
+        """Returns ``TokenRecoveryResult``s: the ordered notes and the token bag of each victim."""
+        def recover(observation, key, victims, side: SideKnowledge):
+            notes = recover_tokens(observation, model, self, key, victims=victims, labels=side.labels)
+            return TokenRecoveryResult(notes=notes, bags=token_bag(observation, victims=victims,
+                                                                   embedding_path=self.embedding_path))
+        return Attack(kind=self.kind, model=model, iterations=self.iterations * self.restarts, recover=recover,
+                      needs_known_labels=self.label_strategy == "known")
 
     def __post_init__(self):
         for field in ("embedding_path", "position_path"):
