@@ -40,7 +40,9 @@ from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 
 DISTANCES = ("cosine", "l2")
-INITIALISATIONS = ("uniform", "normal")
+INITIALISATIONS = ("uniform", "normal", "public_mean")
+# Half-width of the uniform jitter around the public mean, so restarts start apart.
+PUBLIC_MEAN_JITTER = 0.1
 LABEL_STRATEGIES = ("known", "idlg", "counts")
 ATTACK_LOOPS = ("host", "scan")
 ATTACK_BATCHINGS = ("vmap", "map", "loop")
@@ -60,7 +62,9 @@ class InvertingGradientsConfig:
       signed_gradients: Adam on the sign of the gradient.
       step_decay: divide the step by 10 at 3/8, 5/8 and 7/8 of the iterations.
       box: ``(low, high)`` pixel range enforced after every step, or ``None``.
-      init: ``"uniform"`` in the box or standard ``"normal"``.
+      init: ``"uniform"`` in the box, standard ``"normal"``, or ``"public_mean"``: the
+        mean of the attacker's public images (other patients, never the cohort's) plus
+        uniform jitter of +-``PUBLIC_MEAN_JITTER``, the prior an attacker on CT slices has.
       label_strategy: ``"known"`` (labels given as side knowledge), ``"idlg"`` (batch of
         one) or ``"counts"`` (iLRG-style label counts of a FedSGD batch).
       record_every: record the objective every this many iterations.
@@ -79,13 +83,20 @@ class InvertingGradientsConfig:
     record_every: int = 10
 
     kind: ClassVar[str] = "images"
-    needs_public_images: ClassVar[bool] = False
+
+    @property
+    def needs_public_images(self) -> bool:
+        return self.init == "public_mean"
 
     def make(self, model: Model, public: PublicKnowledge) -> Attack:
         """The attack on ``model``'s observed updates (see ``fedpriv.attacks.protocol``)."""
+        if self.needs_public_images and public.images is None:
+            raise ValueError("attack.config.init 'public_mean' needs the attacker's public images")
+        public_mean = None if public.images is None else np.mean(public.images, axis=0)
+
         def recover(observation, key, victims, side: SideKnowledge):
             return invert_gradients(observation, model, self, key, victims=victims, labels=side.labels,
-                                    compilation=public.compilation)
+                                    compilation=public.compilation, public_mean=public_mean)
         return Attack(kind=self.kind, model=model, iterations=self.iterations * self.restarts, recover=recover,
                       needs_known_labels=self.label_strategy == "known")
 
@@ -215,7 +226,8 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: Inverti
 
 def invert_gradients(observation: Observation, model: Model, config: InvertingGradientsConfig,
                      key: jax.Array, *, victims: Sequence[int], labels: np.ndarray | None = None,
-                     compilation: AttackCompilation = AttackCompilation()) -> Reconstruction:
+                     compilation: AttackCompilation = AttackCompilation(),
+                     public_mean: np.ndarray | None = None) -> Reconstruction:
     """Reconstructs each victim's local data from its observed update.
 
     Args:
@@ -226,6 +238,7 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
       victims: positions of the victims on the observed client axis.
       labels: ``[V, S, B]`` labels when ``config.label_strategy == "known"``.
       compilation: how loops and the candidate axis are compiled.
+      public_mean: ``input_shape`` mean public image, needed by ``init="public_mean"``.
 
     Returns:
       A ``Reconstruction`` with the best restart per victim.
@@ -254,7 +267,14 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     num_candidates = candidate_victim.size
     input_shape = (*data_shape, *metadata.input_shape)
     init_keys = jax.random.split(key, num_candidates)
-    if config.init == "uniform" and config.box is not None:
+    if config.init == "public_mean":
+        if public_mean is None or tuple(np.shape(public_mean)) != tuple(metadata.input_shape):
+            raise ValueError(f"init 'public_mean' needs public_mean of shape {tuple(metadata.input_shape)}, got "
+                             f"{None if public_mean is None else np.shape(public_mean)}")
+        jitter = jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=-PUBLIC_MEAN_JITTER,
+                                                       maxval=PUBLIC_MEAN_JITTER))(init_keys)
+        initial = jnp.clip(jnp.asarray(public_mean, jnp.float32) + jitter, low, high)
+    elif config.init == "uniform" and config.box is not None:
         initial = jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=low, maxval=high))(init_keys)
     else:
         initial = jax.vmap(lambda k: jax.random.normal(k, input_shape))(init_keys)

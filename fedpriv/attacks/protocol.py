@@ -101,7 +101,7 @@ class AttackConfig(Protocol):
     """What the scenario needs of an attack config."""
 
     kind: ClassVar[str]
-    needs_public_images: ClassVar[bool]
+    needs_public_images: bool  # a class constant or a property of the config
 
     def make(self, model: Model, public: PublicKnowledge) -> Attack: ...
 

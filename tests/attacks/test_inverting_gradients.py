@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, invert_gradients
+from fedpriv.attacks import AttackCompilation, InvertingGradientsConfig, PublicKnowledge, invert_gradients
+from fedpriv.attacks.inverting_gradients import PUBLIC_MEAN_JITTER
 from fedpriv.models.base import from_linen
 from tests.attacks.helpers import observe
 from tests.federated.conftest import TinyConvNet
@@ -87,3 +88,22 @@ def test_second_attack_with_the_same_setting_does_not_recompile(tiny_setup):
     invert_gradients(obs, model, config, jax.random.key(2), victims=[1], compilation=compilation)
     assert _compiled_programs.cache_info().hits == hits + 2
     assert programs.single_iteration._cache_size() == 1
+
+
+def test_public_mean_initialisation_starts_at_the_public_mean_within_the_jitter(tiny_setup):
+    model, _, _, _, obs = tiny_setup
+    public_mean = np.full((8, 8, 1), 0.3, np.float32)
+    config = InvertingGradientsConfig(iterations=1, learning_rate=1e-6, init="public_mean")
+    result = invert_gradients(obs, model, config, jax.random.key(1), victims=[0], public_mean=public_mean)
+    offset = np.abs(result.inputs - public_mean)
+    assert offset.max() <= PUBLIC_MEAN_JITTER + 1e-4 and offset.mean() > 0.01  # jittered, not the constant
+    with pytest.raises(ValueError, match="public_mean of shape"):
+        invert_gradients(obs, model, config, jax.random.key(1), victims=[0])
+
+
+def test_public_mean_initialisation_needs_the_attackers_public_images(tiny_setup):
+    model = tiny_setup[0]
+    config = InvertingGradientsConfig(init="public_mean")
+    assert config.needs_public_images and not InvertingGradientsConfig().needs_public_images
+    with pytest.raises(ValueError, match="needs the attacker's public images"):
+        config.make(model, PublicKnowledge(compilation=AttackCompilation()))

@@ -105,8 +105,8 @@ def test_every_option_composes(group, option, data_paths):
         assert cfg.hydra.sweeper.params, f"experiment/{option}.yaml defines no sweep"
     elif group == "data":
         assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes")
-    elif group == "model":
-        assert cfg.model.name == option
+    elif group == "model":  # a model, or a variant of one named <model>_<variant>
+        assert cfg.model.name == option or option.startswith(f"{cfg.model.name}_")
     elif group == "algorithm":
         assert cfg.algorithm.algorithm == option
     elif group == "defense":
@@ -121,7 +121,7 @@ def test_every_option_composes(group, option, data_paths):
 # models and attacks have their own fast tests under tests/models and tests/attacks).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
-                ("model", "lenet"), ("data", "notes"), ("defense", "anomaly_screening"),
+                ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
                 ("defense", "tiered_dp_sgd"), ("model", "transformer"), ("defense", "audited_dp_sgd"),
                 ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
                 ("data", "dicom_folder")}
@@ -176,7 +176,7 @@ def test_every_preset_runs_a_smoke_config(group, option, data_paths):
             _check_attack_scores(cfg, metrics, result)
 
     if group == "model":
-        assert cfg.model.name == option
+        assert cfg.model.name == option or option.startswith(f"{cfg.model.name}_")
         if cfg.data.cohort.kind not in ("ehr", "notes"):
             assert metrics["model.num_params"] == _expected_num_params(cfg, num_classes=4)
     if group == "algorithm" and option == "fedavg":
