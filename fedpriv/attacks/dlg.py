@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedpriv.attacks._optimiser import make_runner, run_candidates
 from fedpriv.attacks.common import squared_distance, validate_observation
 from fedpriv.attacks.inverting_gradients import AttackCompilation
 from fedpriv.attacks.labels import attack_labels
@@ -157,8 +158,9 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: DLGConf
     objective = _make_objective(model, metadata, config)
     optimizer = _make_optimizer(config)
 
-    def step(state, fixed_targets, target, params):
+    def step(state, candidate, params):
         variables, optimizer_state = state
+        fixed_targets, target = candidate
         value_fn = lambda v: objective(v, fixed_targets, target, params)  # noqa: E731
         if config.optimizer == "lbfgs":
             # The line search already evaluated the objective and gradient at the new point.
@@ -176,17 +178,8 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: DLGConf
         keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         return (keep(new_variables, variables), keep(new_state, optimizer_state)), value
 
-    batched_step = _batch(step, compilation)
-
-    def run_iterations(state, fixed_targets, target, params, count):
-        def body(carry, _):
-            return batched_step(carry, fixed_targets, target, params)
-        return jax.lax.scan(body, state, None, length=count)
-
     return types.SimpleNamespace(
-        optimizer=optimizer,
-        single_iteration=jax.jit(batched_step),
-        run_chunk=jax.jit(run_iterations, static_argnums=4),
+        optimizer=optimizer, runner=make_runner(step, compilation),
         evaluate=jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, None))))
 
 
@@ -200,34 +193,6 @@ def _strong(tree):
     """Drops weak types, which optax's initial states carry and updated states do not;
     without this the first iteration would compile a second program."""
     return jax.tree_util.tree_map(lambda a: jax.lax.convert_element_type(a, jnp.asarray(a).dtype), tree)
-
-
-def _batch(step, compilation: AttackCompilation):
-    """Lifts ``step(state, *per_candidate, shared)`` to the candidate axis as compiled."""
-    if compilation.batching == "vmap":
-        return jax.vmap(step, in_axes=(0, 0, 0, None))
-    if compilation.batching == "map":
-        def mapped(state, fixed_targets, target, params):
-            return jax.lax.map(lambda args: step(args[0], args[1], args[2], params), (state, fixed_targets, target))
-        return mapped
-    return step
-
-
-def _optimise(programs, state, fixed_targets, target, params, iterations: int, compilation: AttackCompilation):
-    """Runs ``iterations`` steps as a host loop or in ``lax.scan`` chunks; values ``[T, ...]``."""
-    values = []
-    if compilation.loop == "host":
-        for _ in range(iterations):
-            state, value = programs.single_iteration(state, fixed_targets, target, params)
-            values.append(value)
-        return state, jnp.stack(values)
-    done = 0
-    while done < iterations:
-        count = min(compilation.scan_chunk, iterations - done)
-        state, chunk_values = programs.run_chunk(state, fixed_targets, target, params, count)
-        values.append(chunk_values)
-        done += count
-    return state, jnp.concatenate(values)
 
 
 def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key: jax.Array, *,
@@ -295,19 +260,9 @@ def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key:
     observed = jax.tree_util.tree_map(lambda u: u[np.asarray(victims)], observation.updates)
     targets = jax.tree_util.tree_map(lambda u: u[candidate_victim], observed)
 
-    if compilation.batching == "loop":
-        results = []
-        for i in range(num_candidates):
-            pick = lambda tree: jax.tree_util.tree_map(lambda t: t[i], tree)  # noqa: E731,B023
-            start = pick(variables)
-            results.append(_optimise(programs, (start, _strong(programs.optimizer.init(start))), fixed_targets[i],
-                                     pick(targets), observation.params, config.iterations, compilation))
-        final = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[r[0][0] for r in results])
-        values = jnp.stack([r[1] for r in results], axis=1)
-    else:
-        state = (variables, _strong(jax.vmap(programs.optimizer.init)(variables)))
-        (final, _), values = _optimise(programs, state, fixed_targets, targets, observation.params,
-                                       config.iterations, compilation)
+    final, values = run_candidates(programs.runner, lambda start: _strong(programs.optimizer.init(start)),
+                                   variables, (fixed_targets, targets), observation.params, config.iterations,
+                                   compilation)
     # values: [iterations, candidates]
     final_objective = np.asarray(programs.evaluate(final, fixed_targets, targets, observation.params))
     final_objective = np.where(np.isfinite(final_objective), final_objective, np.inf)

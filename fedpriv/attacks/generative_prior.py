@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedpriv.attacks._optimiser import make_runner, run_candidates
 from fedpriv.attacks.common import validate_observation
 from fedpriv.attacks.image_prior import ImagePrior, make_decode
 from fedpriv.attacks.inverting_gradients import (DISTANCES, LABEL_STRATEGIES, AttackCompilation,
@@ -138,25 +139,6 @@ def _squared_norm(tree) -> jax.Array:
     return sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def _batched(step, batching: str):
-    """``step(state, candidate, shared)`` lifted over a leading candidate axis."""
-    if batching == "vmap":
-        return jax.vmap(step, in_axes=(0, 0, None))
-    if batching == "map":
-        return lambda state, candidate, shared: jax.lax.map(lambda a: step(a[0], a[1], shared), (state, candidate))
-    return step
-
-
-def _runner(step, compilation: AttackCompilation):
-    batched = _batched(step, compilation.batching)
-
-    def run_iterations(state, candidate, shared, count):
-        return jax.lax.scan(lambda carry, _: batched(carry, candidate, shared), state, None, length=count)
-
-    return types.SimpleNamespace(single_iteration=jax.jit(batched),
-                                 run_chunk=jax.jit(run_iterations, static_argnums=3))
-
-
 @functools.lru_cache(maxsize=16)
 def _compiled_programs(model: Model, metadata: ProtocolMetadata, prior_spec, config: GenerativePriorConfig,
                        compilation: AttackCompilation):
@@ -202,45 +184,8 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, prior_spec, con
 
     return types.SimpleNamespace(
         latent_optimizer=latent_optimizer, finetune_optimizer=finetune_optimizer,
-        latent=_runner(latent_step, compilation), finetune=_runner(finetune_step, compilation),
+        latent=make_runner(latent_step, compilation), finetune=make_runner(finetune_step, compilation),
         evaluate=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, 0, None))))
-
-
-def _optimise(runner, state, candidate, shared, iterations: int, compilation: AttackCompilation):
-    """Runs one stage; returns the final state and the objective before each step."""
-    values = []
-    if compilation.loop == "host":
-        for _ in range(iterations):
-            state, value = runner.single_iteration(state, candidate, shared)
-            values.append(value)
-        return state, jnp.stack(values)
-    done = 0
-    while done < iterations:
-        count = min(compilation.scan_chunk, iterations - done)
-        state, chunk = runner.run_chunk(state, candidate, shared, count)
-        values.append(chunk)
-        done += count
-    return state, jnp.concatenate(values)
-
-
-def _run_stage(runner, optimizer, start, candidate, shared, iterations, compilation):
-    """One stage over all candidates; ``start`` and ``candidate`` have a leading candidate axis.
-
-    Returns the final variables ``[N, ...]`` and the values ``[iterations, N]``.
-    """
-    if compilation.batching == "loop":
-        results = []
-        for index in range(jax.tree_util.tree_leaves(start)[0].shape[0]):
-            take = functools.partial(jax.tree_util.tree_map, lambda a: a[index])
-            variables = take(start)
-            state, values = _optimise(runner, (variables, optimizer.init(variables)), take(candidate), shared,
-                                      iterations, compilation)
-            results.append((state[0], values))
-        final = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[r[0] for r in results])
-        return final, jnp.stack([r[1] for r in results], axis=1)
-    state = (start, jax.vmap(optimizer.init)(start))
-    state, values = _optimise(runner, state, candidate, shared, iterations, compilation)
-    return state[0], values
 
 
 def invert_with_prior(observation: Observation, model: Model, prior: ImagePrior, config: GenerativePriorConfig,
@@ -301,13 +246,13 @@ def invert_with_prior(observation: Observation, model: Model, prior: ImagePrior,
     candidate_labels = jnp.asarray(labels[candidate_victim])
     shared = (observation.params, prior.decoder_params)
 
-    latents, values = _run_stage(programs.latent, programs.latent_optimizer, initial,
-                                 (candidate_labels, targets), shared, config.latent_iterations, compilation)
+    latents, values = run_candidates(programs.latent, programs.latent_optimizer.init, initial,
+                                     (candidate_labels, targets), shared, config.latent_iterations, compilation)
     decoder_params = jax.tree_util.tree_map(lambda leaf: jnp.broadcast_to(leaf, (num_candidates, *leaf.shape)),
                                             prior.decoder_params)
     if config.finetune_iterations:
-        decoder_params, finetune_values = _run_stage(
-            programs.finetune, programs.finetune_optimizer, decoder_params, (candidate_labels, targets, latents),
+        decoder_params, finetune_values = run_candidates(
+            programs.finetune, programs.finetune_optimizer.init, decoder_params, (candidate_labels, targets, latents),
             shared, config.finetune_iterations, compilation)
         values = jnp.concatenate([values, finetune_values])
     final_inputs, final_objective = programs.evaluate(decoder_params, latents, candidate_labels, targets,

@@ -7,15 +7,9 @@ box constraint. The simulated update is the very client function the hospitals r
 (``fedpriv.federated.make_client_update``) built from the public protocol, so FedSGD
 and multi-step FedAvg are one code path.
 
-How the work is compiled is a ``AttackCompilation`` choice and never changes the
-numbers beyond float tolerance (DESIGN §5):
-- ``loop="host"`` calls one jitted iteration from Python; ``loop="scan"`` runs
-  ``scan_chunk`` iterations inside ``lax.scan``.
-- ``batching="vmap"`` batches all (victim, restart) candidates into one program,
-  ``"map"`` uses ``lax.map``, ``"loop"`` optimises one candidate at a time with the same
-  compiled program. On XLA's CPU backend convolution gradients are several times slower
-  inside ``scan`` and under ``vmap`` (jax-ml/jax #12868), so ConvNets on CPU prefer
-  host/loop; small MLPs and LeNet prefer scan/vmap.
+How the work is compiled is an ``AttackCompilation`` choice carried out by the shared
+optimiser (``fedpriv.attacks._optimiser``) and never changes the numbers beyond float
+tolerance (DESIGN §5): ConvNets on CPU prefer host/loop; small MLPs and LeNet scan/vmap.
 """
 
 from __future__ import annotations
@@ -31,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedpriv.attacks._optimiser import make_runner, run_candidates
 from fedpriv.attacks.common import (cosine_distance, observed_part, squared_distance, total_variation,
                                     validate_observation)
 from fedpriv.attacks.labels import attack_labels
@@ -195,8 +190,9 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: Inverti
     optimizer = optax.adam(_learning_rate_schedule(config))
     low, high = config.box if config.box is not None else (-jnp.inf, jnp.inf)
 
-    def step(state, labels_, target, params):
+    def step(state, candidate, params):
         inputs, optimizer_state = state
+        labels_, target = candidate
         (value, _), gradient = jax.value_and_grad(objective, has_aux=True)(inputs, labels_, target, params)
         if config.signed_gradients:
             gradient = jnp.sign(gradient)
@@ -204,23 +200,8 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: Inverti
         inputs = jnp.clip(optax.apply_updates(inputs, updates), low, high)
         return (inputs, optimizer_state), value
 
-    if compilation.batching == "vmap":
-        batched_step = jax.vmap(step, in_axes=(0, 0, 0, None))
-    elif compilation.batching == "map":
-        def batched_step(state, labels_, target, params):
-            return jax.lax.map(lambda args: step(args[0], args[1], args[2], params), (state, labels_, target))
-    else:
-        batched_step = step
-
-    def run_iterations(state, labels_, target, params, count):
-        def body(carry, _):
-            return batched_step(carry, labels_, target, params)
-        return jax.lax.scan(body, state, None, length=count)
-
     return types.SimpleNamespace(
-        optimizer=optimizer, low=low, high=high,
-        single_iteration=jax.jit(batched_step),
-        run_chunk=jax.jit(run_iterations, static_argnums=4),
+        optimizer=optimizer, low=low, high=high, runner=make_runner(step, compilation),
         evaluate=jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, None))))
 
 
@@ -259,8 +240,7 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
 
     # client_ids differ between rounds but not the programs: leave them out of the cache key.
     programs = _compiled_programs(model, dataclasses.replace(metadata, client_ids=()), config, compilation)
-    optimizer, low, high = programs.optimizer, programs.low, programs.high
-    single_iteration, run_chunk = programs.single_iteration, programs.run_chunk
+    low, high = programs.low, programs.high
 
     # Candidates are (victim, restart) pairs, victim-major.
     candidate_victim = np.repeat(np.arange(len(victims)), config.restarts)
@@ -282,32 +262,9 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     targets = jax.tree_util.tree_map(lambda u: u[candidate_victim], observed)
     candidate_labels = jnp.asarray(labels[candidate_victim])
 
-    def optimise(inputs, labels_, target):
-        state = (inputs, jax.vmap(optimizer.init)(inputs) if compilation.batching != "loop"
-                 else optimizer.init(inputs))
-        values = []
-        if compilation.loop == "host":
-            for _ in range(config.iterations):
-                state, value = single_iteration(state, labels_, target, observation.params)
-                values.append(value)
-            values = jnp.stack(values)
-        else:
-            done = 0
-            while done < config.iterations:
-                count = min(compilation.scan_chunk, config.iterations - done)
-                state, chunk_values = run_chunk(state, labels_, target, observation.params, count)
-                values.append(chunk_values)
-                done += count
-            values = jnp.concatenate(values)
-        return state[0], values
-
-    if compilation.batching == "loop":
-        results = [optimise(initial[i], candidate_labels[i], jax.tree_util.tree_map(lambda t: t[i], targets))
-                   for i in range(num_candidates)]
-        final_inputs = jnp.stack([r[0] for r in results])
-        values = jnp.stack([r[1] for r in results], axis=1)
-    else:
-        final_inputs, values = optimise(initial, candidate_labels, targets)
+    final_inputs, values = run_candidates(programs.runner, programs.optimizer.init, initial,
+                                          (candidate_labels, targets), observation.params, config.iterations,
+                                          compilation)
     # values: [iterations, candidates]
     final_objective, _ = programs.evaluate(final_inputs, candidate_labels, targets, observation.params)
 

@@ -90,10 +90,10 @@ def test_later_victims_and_other_iteration_counts_do_not_recompile(small_setup):
     deep_leakage(obs, model, config, jax.random.key(1), victims=[0], compilation=HOST_LOOP)
     programs = _compiled_programs(model, dataclasses.replace(obs.metadata, client_ids=()), _program_key(config),
                                   HOST_LOOP)
-    assert programs.single_iteration._cache_size() == 1  # the first iteration did not compile twice
+    assert programs.runner.single_iteration._cache_size() == 1  # the first iteration did not compile twice
     deep_leakage(obs, model, dataclasses.replace(config, iterations=5, restarts=3), jax.random.key(2), victims=[1],
                  compilation=HOST_LOOP)
-    assert programs.single_iteration._cache_size() == 1
+    assert programs.runner.single_iteration._cache_size() == 1
 
 
 def test_bad_inputs_fail_before_compute(small_setup):

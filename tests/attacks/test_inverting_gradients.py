@@ -87,7 +87,7 @@ def test_second_attack_with_the_same_setting_does_not_recompile(tiny_setup):
     programs = _compiled_programs(model, dataclasses.replace(obs.metadata, client_ids=()), config, compilation)
     invert_gradients(obs, model, config, jax.random.key(2), victims=[1], compilation=compilation)
     assert _compiled_programs.cache_info().hits == hits + 2
-    assert programs.single_iteration._cache_size() == 1
+    assert programs.runner.single_iteration._cache_size() == 1
 
 
 def test_public_mean_initialisation_starts_at_the_public_mean_within_the_jitter(tiny_setup):

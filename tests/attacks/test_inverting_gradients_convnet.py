@@ -47,6 +47,8 @@ def test_inverting_gradients_recovers_a_phantom_from_an_untrained_convnet():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="measured 2026-12-03: still > 11 dB at 3,000 iterations, but the nearest "
+                   "of the 16 records is another patient's; the GroupNorm ConvNet is too hard for IG (issue #10)")
 def test_inverting_gradients_longer_budget_reaches_higher_psnr():
     reached, _, reidentified, _, _ = _attack(iterations=3000, tv_weight=0.01)
     assert reached > 11.0, reached
