@@ -4,8 +4,9 @@ The numbers asserted here were measured on this project's CPU machines (jax 0.10
 are the ones reported in the closing note of the foundation issue: at 400 iterations the
 width-16 GroupNorm ConvNet reaches 9.1 dB on this 32x32 phantom (the random start is
 5.9 dB) but the reconstruction is not yet closest to its own record; at 3,000 iterations
-with TV weight 0.01 it passes 11 dB and is re-identified among 16 patients. The paper
-runs 4,800-24,000 iterations with 8 restarts.
+with TV weight 0.01 it passes 11 dB. It was then also re-identified among 16 patients;
+re-measured on 2026-12-03 it no longer is (a strict xfail below). The paper runs
+4,800-24,000 iterations with 8 restarts.
 """
 
 import jax
