@@ -85,7 +85,8 @@ RUN_OPTIONS = [(group, option) for group, option in ALL_OPTIONS if group in RUN_
 def test_the_groups_and_options_are_discovered():
     assert groups() == EXPECTED_GROUPS
     assert group_options("data") == ["ct_phantom", "ct_slice", "dicom_folder", "ehr", "medmnist_npz", "notes"]
-    assert group_options("model") == ["convnet", "embedding_bag", "lenet", "mlp", "resnet", "transformer"]
+    assert group_options("model") == ["convnet", "convnet_plain", "embedding_bag", "lenet", "mlp", "resnet",
+                                      "transformer"]
     assert {"fedsgd", "fedavg"} <= set(group_options("algorithm"))
     assert {"none", "dp_sgd"} <= set(group_options("defense"))
     assert {"inverting_gradients", "none"} <= set(group_options("attack"))
