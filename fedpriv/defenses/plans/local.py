@@ -15,10 +15,10 @@ from typing import Any
 
 from fedpriv.defenses.local_dp import LocalDPPlan
 from fedpriv.defenses.plans.dp_plan_base import PublicWeightsMixin, check_ledger_composition
-from fedpriv.defenses.plans.protocol import BatchSampling, Composition, RoundNoise, RunShape, UpdateStage
+from fedpriv.defenses.plans.protocol import (BatchSampling, Composition, NoCentralRoundsMixin, RunShape,
+                                             UpdateStage)
 from fedpriv.privacy import _validation
 from fedpriv.privacy import accountant as accountant_lib
-from fedpriv.privacy.ledger import LedgerRound
 
 UNIT = "client"
 
@@ -60,7 +60,7 @@ class PrivatizeUpdate:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LocalDPPrivacyPlan(PublicWeightsMixin):
+class LocalDPPrivacyPlan(PublicWeightsMixin, NoCentralRoundsMixin):
     """Local DP in every hospital, every round.
 
     **Formal guarantees**
@@ -90,15 +90,6 @@ class LocalDPPrivacyPlan(PublicWeightsMixin):
     def check_composition(self, composition: Composition) -> None:
         self.check_public_weighting(composition)
         check_ledger_composition(self.name, composition, ledger_keys=())
-
-    def round_noise(self, round_index: int) -> RoundNoise:
-        return RoundNoise()
-
-    def ledger_rounds(self, round_index: int) -> Mapping[str, LedgerRound]:
-        return {}
-
-    def ledger_budgets(self) -> Mapping[str, float]:
-        return {}
 
     def dp_event(self):
         return self.config.mechanism.dp_event(self.shape.rounds)

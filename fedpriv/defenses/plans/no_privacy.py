@@ -8,9 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from fedpriv.defenses.plans.protocol import (BatchSampling, Composition, RoundNoise, RunShape, UpdateStage,
-                                             refuse)
-from fedpriv.privacy.ledger import LedgerRound
+from fedpriv.defenses.plans.protocol import (BatchSampling, Composition, NoCentralRoundsMixin, RunShape,
+                                             UpdateStage, refuse)
 from fedpriv.typing import Array
 
 
@@ -27,7 +26,7 @@ class NoPrivacyConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class NoPrivacy:
+class NoPrivacy(NoCentralRoundsMixin):
     """No formal guarantee: batches are shuffled epochs, nothing is clipped or noised.
 
     **Formal guarantees**
@@ -60,15 +59,6 @@ class NoPrivacy:
         if composition.audit_log:
             raise refuse(self.name, "defense.audit_log", "the audit log attests each round's DP release; a run "
                          "without DP-SGD or DP-FedAvg releases none")
-
-    def round_noise(self, round_index: int) -> RoundNoise:
-        return RoundNoise()
-
-    def ledger_rounds(self, round_index: int) -> Mapping[str, LedgerRound]:
-        return {}
-
-    def ledger_budgets(self) -> Mapping[str, float]:
-        return {}
 
     def dp_event(self):
         return None

@@ -170,6 +170,20 @@ def refuse(plan_name: str, what: str, why: str) -> Refused:
     return Refused(f"privacy plan {plan_name!r} does not compose with {what}: {why}")
 
 
+class NoCentralRoundsMixin:
+    """The answers of a plan that adds no central Gaussian noise and records no ledger
+    rounds (no DP, local DP): nothing for the clients or server to add, nothing to account."""
+
+    def round_noise(self, round_index: int) -> RoundNoise:
+        return RoundNoise()
+
+    def ledger_rounds(self, round_index: int) -> Mapping[str, LedgerRound]:
+        return {}
+
+    def ledger_budgets(self) -> Mapping[str, float]:
+        return {}
+
+
 @runtime_checkable
 class UpdateStage(Protocol):
     """A transform each hospital applies to its update before sending it (keyed per client)."""
