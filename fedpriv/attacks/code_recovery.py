@@ -17,7 +17,6 @@ from fedpriv.attacks import codes
 from fedpriv.attacks.protocol import Attack, CodeRecoveryResult, PublicKnowledge, SideKnowledge
 from fedpriv.typing import Model, Observation
 
-
 CODE_METHODS = ("auto", "set", "counts", "noisy", "frozen")
 
 

@@ -45,7 +45,6 @@ from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
-
 OPTIMIZERS = ("lbfgs", "adam")
 INITIALISATIONS = ("normal", "uniform")
 LABEL_STRATEGIES = ("joint", "known", "idlg", "counts")

@@ -51,7 +51,6 @@ import scipy.stats
 from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.typing import Array, Model, Observation, Params, PRNGKey, Reconstruction
 
-
 IMPRINT_NAME = "imprint"
 MEASUREMENTS = ("mean", "random")
 

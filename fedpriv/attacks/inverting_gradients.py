@@ -33,7 +33,6 @@ from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
-
 DISTANCES = ("cosine", "l2")
 INITIALISATIONS = ("uniform", "normal", "public_mean")
 # Half-width of the uniform jitter around the public mean, so restarts start apart.

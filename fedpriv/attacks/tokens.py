@@ -43,12 +43,11 @@ import optax
 
 from fedpriv.attacks.common import cosine_distance, squared_distance, validate_observation
 from fedpriv.attacks.labels import attack_labels
-from fedpriv.attacks.protocol import Attack, TokenRecoveryResult, PublicKnowledge, SideKnowledge
+from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge, TokenRecoveryResult
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.keys import numpy_generator
 from fedpriv.public.clinical_words import CLS_ID, PAD_ID
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
-
 
 DISTANCES = ("cosine", "l2")
 LABEL_STRATEGIES = ("known", "idlg")
