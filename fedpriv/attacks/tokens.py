@@ -41,7 +41,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedpriv.attacks._optimiser import make_runner, run_candidates
 from fedpriv.attacks.common import cosine_distance, squared_distance, validate_observation
+from fedpriv.attacks.inverting_gradients import AttackCompilation
 from fedpriv.attacks.labels import attack_labels
 from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge, TokenRecoveryResult
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
@@ -237,23 +239,21 @@ def _programs(model: Model, metadata: ProtocolMetadata, config: TokenRecoveryCon
         logits = jnp.where(candidate_mask, logits, _NEGATIVE)
         return matching(relaxed_inputs(logits, candidates, free), labels, target, params)
 
-    def run(logits, candidates, free, candidate_mask, labels, target, params):
-        def body(carry, _):
-            logits, state = carry
-            value, gradient = jax.value_and_grad(relaxed_objective)(
-                logits, candidates, free, candidate_mask, labels, target, params)
-            updates, state = optimizer.update(gradient, state, logits)
-            return (optax.apply_updates(logits, updates), state), value
-        (logits, _), values = jax.lax.scan(body, (logits, optimizer.init(logits)), None,
-                                           length=config.iterations)
-        return jnp.where(candidate_mask, logits, _NEGATIVE), values
+    def step(state, candidate, params):
+        logits, optimizer_state = state
+        value, gradient = jax.value_and_grad(relaxed_objective)(logits, *candidate, params)
+        updates, optimizer_state = optimizer.update(gradient, optimizer_state, logits)
+        return (optax.apply_updates(logits, updates), optimizer_state), value
 
     def score_chunk(token_ids, labels, target, params):
         # token_ids [_SCORE_CHUNK, S, B, L]; vmapped halves bound the memory of the simulations.
         return jax.lax.map(lambda ids: matching(ids, labels, target, params), token_ids,
                            batch_size=_SCORE_CHUNK // 2)
 
-    return types.SimpleNamespace(run=jax.jit(run), score_chunk=jax.jit(score_chunk))
+    # One restart at a time, all iterations in one scan (the shared optimiser's loop).
+    compilation = AttackCompilation(loop="scan", batching="loop", scan_chunk=config.iterations)
+    return types.SimpleNamespace(runner=make_runner(step, compilation), compilation=compilation,
+                                 optimizer=optimizer, score_chunk=jax.jit(score_chunk))
 
 
 def _search_moves(ids: np.ndarray, free: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -350,8 +350,12 @@ def recover_tokens(observation: Observation, model: Model, config: TokenRecovery
         victim_traces = []
         for restart_key in jax.random.split(jax.random.fold_in(key, victim), config.restarts):
             initial = 0.1 * jax.random.normal(restart_key, (*data_shape, max_len, width))
-            logits, values = programs.run(initial, jnp.asarray(padded_candidates), jnp.asarray(free),
-                                          jnp.asarray(candidate_mask), victim_labels, target, observation.params)
+            candidate = (jnp.asarray(padded_candidates), jnp.asarray(free), jnp.asarray(candidate_mask),
+                         victim_labels, target)
+            logits, values = run_candidates(programs.runner, programs.optimizer.init, initial[None],
+                                            jax.tree_util.tree_map(lambda a: a[None], candidate),
+                                            observation.params, config.iterations, programs.compilation)
+            logits, values = jnp.where(candidate_mask, logits[0], _NEGATIVE), values[:, 0]
             victim_traces.append(np.asarray(values)[:: config.record_every])
             ids = np.where(free, padded_candidates[np.asarray(jnp.argmax(logits, axis=-1))], PAD_ID).astype(np.int32)
             value = float(_score(programs, ids[None], ids, victim_labels, target, observation.params)[0])
