@@ -28,10 +28,10 @@ from fedpriv.attacks.shadow_models import (ShadowTrainingConfig, balanced_inclus
 from fedpriv.attacks.tokens import TokenRecoveryConfig, recover_tokens, token_bag
 
 __all__ = [
-    "ATTACK_KINDS", "Attack", "AttackCompilation", "AttackConfig", "CodeRecoveryResult", "PublicKnowledge",
-    "SideKnowledge", "TokenRecoveryResult", "CodeRecovery", "CodeRecoveryConfig", "DLGConfig", "DenseLayerCandidates",
-    "GenerativePriorConfig", "ImagePrior", "ImagePriorConfig", "ImprintConfig", "InvertingGradientsConfig",
-    "LiraConfig", "LiraResult", "ShadowModels", "ShadowTrainingConfig", "TokenRecoveryConfig",
+    "ATTACK_KINDS", "Attack", "AttackCompilation", "AttackConfig", "CodeRecovery", "CodeRecoveryConfig",
+    "CodeRecoveryResult", "DLGConfig", "DenseLayerCandidates", "GenerativePriorConfig", "ImagePrior",
+    "ImagePriorConfig", "ImprintConfig", "InvertingGradientsConfig", "LiraConfig", "LiraResult", "PublicKnowledge",
+    "ShadowModels", "ShadowTrainingConfig", "SideKnowledge", "TokenRecoveryConfig", "TokenRecoveryResult",
     "balanced_inclusion_masks", "client_membership_scores", "code_counts", "code_set", "cosine_distance",
     "deep_leakage", "dense_layer_candidates", "frozen_embedding_codes", "idlg_labels", "ilrg_label_counts",
     "invert_dense_layer", "invert_dense_layer_batch", "invert_gradients", "invert_with_prior", "labels_from_counts",

@@ -17,9 +17,10 @@ from fedpriv.metrics.tokens import order_accuracy, random_order_accuracy, rouge_
 from fedpriv.metrics.utility import accuracy
 
 __all__ = [
-    "RECOGNISABLE_SSIM", "ImageRecordScores", "RecordAssignment", "accuracy", "assign_records", "auc", "auc_confidence_interval", "best_match", "code_set_scores", "count_accuracy", "gaussian_window", "hierarchical_match",
-    "implied_subtypes", "label_accuracy", "label_count_accuracy", "label_counts", "label_set_accuracy", "mse",
-    "nearest_record", "order_accuracy", "pairwise_mse", "plot_roc", "psnr", "random_order_accuracy",
-    "reidentification_rate", "roc_curve", "score_image_records", "rouge_l", "rouge_n", "set_scores", "ssim", "subtype_accuracy",
-    "token_counts", "token_scores", "tpr_at_fpr",
+    "ImageRecordScores", "RECOGNISABLE_SSIM", "RecordAssignment", "accuracy", "assign_records", "auc",
+    "auc_confidence_interval", "best_match", "code_set_scores", "count_accuracy", "gaussian_window",
+    "hierarchical_match", "implied_subtypes", "label_accuracy", "label_count_accuracy", "label_counts",
+    "label_set_accuracy", "mse", "nearest_record", "order_accuracy", "pairwise_mse", "plot_roc", "psnr",
+    "random_order_accuracy", "reidentification_rate", "roc_curve", "rouge_l", "rouge_n", "score_image_records",
+    "set_scores", "ssim", "subtype_accuracy", "token_counts", "token_scores", "tpr_at_fpr",
 ]
