@@ -1,6 +1,7 @@
 """The privacy-plan protocol: every plan answers the same questions; forbidden combinations are
 refused before compute; DP weights are public; the ledger and the audit log replay to the plan."""
 
+import functools
 import math
 import types
 
@@ -33,6 +34,7 @@ CONFIGS = {
 }
 
 
+@functools.lru_cache(maxsize=None)  # plans are frozen; calibrating the tiered one takes ~2 s
 def make(name):
     return CONFIGS[name].make(TIERED_SHAPE if name == "tiered_dp_sgd" else SHAPE)
 

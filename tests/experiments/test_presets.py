@@ -125,7 +125,7 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
                 ("defense", "tiered_dp_sgd"), ("model", "transformer"), ("defense", "audited_dp_sgd"),
                 ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
-                ("data", "dicom_folder")}
+                ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]

@@ -40,10 +40,8 @@ CORRECT = {
 }
 
 
-# Two seeds per setup; the second seed of the secure-aggregation setups (10-15 s each on
-# 2 cores) runs under -m slow.
-SEEDED = [pytest.param(name, seed, id=f"{name}-{seed}",
-                       marks=[pytest.mark.slow] if seed == 1 and "secure" in name else [])
+# Two seeds per setup; the second seeds (5-15 s each on 2 cores) run under -m slow.
+SEEDED = [pytest.param(name, seed, id=f"{name}-{seed}", marks=[pytest.mark.slow] if seed == 1 else [])
           for name in CORRECT for seed in (0, 1)]
 
 
