@@ -194,6 +194,26 @@ def _strong(tree):
     return jax.tree_util.tree_map(lambda a: jax.lax.convert_element_type(a, jnp.asarray(a).dtype), tree)
 
 
+def _candidate_starts(config: DLGConfig, key, victims, labels, candidate_victim, input_shape, num_classes):
+    """Each (victim, restart) candidate's starting variables and its one-hot label targets.
+
+    A candidate's key depends only on its victim's position and its restart, so a victim
+    gets the same reconstruction whether attacked alone or with others.
+    """
+    num_candidates, data_shape = candidate_victim.size, input_shape[:2]
+    candidate_keys = jnp.stack([jax.random.split(jax.random.fold_in(key, victim), 2 * config.restarts)
+                                for victim in victims]).reshape(num_candidates, 2)
+    input_keys, label_keys = candidate_keys[:, 0], candidate_keys[:, 1]
+    draw = jax.random.normal if config.init == "normal" else jax.random.uniform
+    variables = {"inputs": jax.vmap(lambda k: draw(k, input_shape))(input_keys)}
+    if config.label_strategy == "joint":
+        variables["label_logits"] = jax.vmap(lambda k: jax.random.normal(k, (*data_shape, num_classes)))(label_keys)
+        fixed_targets = jnp.zeros((num_candidates, *data_shape, num_classes), jnp.float32)  # unused
+    else:
+        fixed_targets = jax.nn.one_hot(jnp.asarray(labels[candidate_victim]), num_classes)
+    return variables, fixed_targets
+
+
 def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key: jax.Array, *,
                  victims: Sequence[int], labels: np.ndarray | None = None,
                  compilation: AttackCompilation = AttackCompilation()) -> Reconstruction:
@@ -238,24 +258,8 @@ def deep_leakage(observation: Observation, model: Model, config: DLGConfig, key:
 
     # Candidates are (victim, restart) pairs, victim-major.
     candidate_victim = np.repeat(np.arange(len(victims)), config.restarts)
-    num_candidates = candidate_victim.size
-    input_shape = (*data_shape, *metadata.input_shape)
-    # Each candidate's key depends only on its victim's position and its restart, so a
-    # victim gets the same reconstruction whether attacked alone or with others.
-    candidate_keys = jnp.stack([jax.random.split(jax.random.fold_in(key, victim), 2 * config.restarts)
-                                for victim in victims]).reshape(len(victims), config.restarts, 2)
-    candidate_keys = candidate_keys.reshape(num_candidates, 2)
-    input_keys, label_keys = candidate_keys[:, 0], candidate_keys[:, 1]
-    if config.init == "normal":
-        inputs = jax.vmap(lambda k: jax.random.normal(k, input_shape))(input_keys)
-    else:
-        inputs = jax.vmap(lambda k: jax.random.uniform(k, input_shape))(input_keys)
-    variables = {"inputs": inputs}
-    if config.label_strategy == "joint":
-        variables["label_logits"] = jax.vmap(lambda k: jax.random.normal(k, (*data_shape, num_classes)))(label_keys)
-        fixed_targets = jnp.zeros((num_candidates, *data_shape, num_classes), jnp.float32)  # unused
-    else:
-        fixed_targets = jax.nn.one_hot(jnp.asarray(labels[candidate_victim]), num_classes)
+    variables, fixed_targets = _candidate_starts(config, key, victims, labels, candidate_victim,
+                                                 (*data_shape, *metadata.input_shape), num_classes)
     observed = jax.tree_util.tree_map(lambda u: u[np.asarray(victims)], observation.updates)
     targets = jax.tree_util.tree_map(lambda u: u[candidate_victim], observed)
 

@@ -279,6 +279,32 @@ def _search_moves(ids: np.ndarray, free: np.ndarray, candidates: np.ndarray) -> 
     return np.stack(moves).reshape(-1, *ids.shape)
 
 
+def _best_restart(programs, config: TokenRecoveryConfig, candidates, free, labels, target, params, key):
+    """One victim's notes: each restart's relaxed search (then the discrete search), the
+    best by the gradient-matching objective; returns ``(ids, objective, traces)``."""
+    width = -(-candidates.size // _BAG_BUCKET) * _BAG_BUCKET
+    padded_candidates = np.full(width, PAD_ID, np.int32)
+    padded_candidates[: candidates.size] = candidates
+    candidate_mask = np.arange(width) < candidates.size
+    candidate = (jnp.asarray(padded_candidates), jnp.asarray(free), jnp.asarray(candidate_mask), labels, target)
+    best, traces = None, []
+    for restart_key in jax.random.split(key, config.restarts):
+        initial = 0.1 * jax.random.normal(restart_key, (*free.shape, width))
+        logits, values = run_candidates(programs.runner, programs.optimizer.init, initial[None],
+                                        jax.tree_util.tree_map(lambda a: a[None], candidate), params,
+                                        config.iterations, programs.compilation)
+        logits, values = jnp.where(candidate_mask, logits[0], _NEGATIVE), values[:, 0]
+        traces.append(np.asarray(values)[:: config.record_every])
+        ids = np.where(free, padded_candidates[np.asarray(jnp.argmax(logits, axis=-1))], PAD_ID).astype(np.int32)
+        value = float(_score(programs, ids[None], ids, labels, target, params)[0])
+        if config.discrete_search:
+            ids, value = _discrete_search(programs, ids, value, free, candidates, labels, target, params, config,
+                                          numpy_generator(restart_key))
+        if best is None or value < best[1]:
+            best = (ids, value)
+    return best[0], best[1], np.stack(traces)
+
+
 def recover_tokens(observation: Observation, model: Model, config: TokenRecoveryConfig, key: jax.Array,
                    *, victims: Sequence[int], labels: np.ndarray | None = None) -> Reconstruction:
     """Recovers each victim's notes (token ids, in order) from its observed update.
@@ -339,34 +365,13 @@ def recover_tokens(observation: Observation, model: Model, config: TokenRecovery
         candidates = bags[index] if single_record else np.concatenate([[PAD_ID], bags[index]]).astype(np.int32)
         if candidates.size == 0:
             candidates = np.array([PAD_ID], np.int32)
-        width = -(-candidates.size // _BAG_BUCKET) * _BAG_BUCKET
-        padded_candidates = np.full(width, PAD_ID, np.int32)
-        padded_candidates[: candidates.size] = candidates
-        candidate_mask = np.arange(width) < candidates.size
         free = np.broadcast_to(np.arange(max_len) < lengths[index], (*data_shape, max_len))
         target = jax.tree_util.tree_map(lambda u: u[victim], observation.updates)
-        victim_labels = jnp.asarray(labels[index])
-        best = None
-        victim_traces = []
-        for restart_key in jax.random.split(jax.random.fold_in(key, victim), config.restarts):
-            initial = 0.1 * jax.random.normal(restart_key, (*data_shape, max_len, width))
-            candidate = (jnp.asarray(padded_candidates), jnp.asarray(free), jnp.asarray(candidate_mask),
-                         victim_labels, target)
-            logits, values = run_candidates(programs.runner, programs.optimizer.init, initial[None],
-                                            jax.tree_util.tree_map(lambda a: a[None], candidate),
-                                            observation.params, config.iterations, programs.compilation)
-            logits, values = jnp.where(candidate_mask, logits[0], _NEGATIVE), values[:, 0]
-            victim_traces.append(np.asarray(values)[:: config.record_every])
-            ids = np.where(free, padded_candidates[np.asarray(jnp.argmax(logits, axis=-1))], PAD_ID).astype(np.int32)
-            value = float(_score(programs, ids[None], ids, victim_labels, target, observation.params)[0])
-            if config.discrete_search:
-                ids, value = _discrete_search(programs, ids, value, free, candidates, victim_labels, target,
-                                              observation.params, config, numpy_generator(restart_key))
-            if best is None or value < best[1]:
-                best = (ids, value)
-        inputs.append(best[0])
-        objectives.append(best[1])
-        traces.append(np.stack(victim_traces))
+        ids, value, trace = _best_restart(programs, config, candidates, free, jnp.asarray(labels[index]), target,
+                                          observation.params, jax.random.fold_in(key, victim))
+        inputs.append(ids)
+        objectives.append(value)
+        traces.append(trace)
     return Reconstruction(inputs=np.stack(inputs), labels=np.asarray(labels, np.int32),
                           objective=np.asarray(objectives, np.float32), trace=np.stack(traces),
                           victims=victims)
