@@ -75,6 +75,7 @@ def save_reconstruction_grid(path: Path, truth: np.ndarray, reconstructed: np.nd
 
 TABLE_KEYS = ("utility.test_accuracy", "privacy.epsilon_rdp", "privacy.epsilon_pld", "privacy.noise_multiplier",
               "attack.psnr_db", "attack.psnr_db_median", "attack.ssim", "attack.recognisable_share",
+              "attack.baseline_psnr_db", "attack.baseline_ssim", "attack.psnr_gain_db",
               "attack.records_missing", "attack.label_accuracy", "attack.reidentification_rate",
               "attack.seconds_per_iteration", "train.seconds", "attack.seconds", "scenario.seconds")
 

@@ -41,6 +41,9 @@ class RoundTruth:
     victim_clients: list[int]
     partition: list[np.ndarray]
     cohort: object
+    # The attacker's guess of any record before it sees an update (the baseline of image
+    # scores): the mean of its public images, or None for the blank guess.
+    prior_guess: np.ndarray | None = None
 
 
 def run_attack(attack: Attack, observation: Observation, truth: RoundTruth, *, victims: list[int],
@@ -73,6 +76,7 @@ class Threat:
     model: Model
     attack: Attack | None = None
     prior_seconds: float = 0.0
+    prior_guess: np.ndarray | None = None
 
 
 def prepare_attack(config, model: Model, cohorts, keys) -> Threat:
@@ -82,11 +86,13 @@ def prepare_attack(config, model: Model, cohorts, keys) -> Threat:
     if attack is None:
         return Threat(model=model)
     public = PublicKnowledge(compilation=config.attack_compilation, key=jax.random.fold_in(keys.attack, 4))
-    if attack.needs_public_images or config.attack_prior is not None:
+    images = None
+    if attack.kind == "images" or config.attack_prior is not None:
         input_shape, num_classes = cohorts.train.input_shape, cohorts.train.num_classes
         images = data_lib.make_phantom_cohort(
             config.public_records, input_shape[0], numpy_generator(jax.random.fold_in(keys.attack, 3)),
             num_classes=min(num_classes, 5)).images
+    if attack.needs_public_images or config.attack_prior is not None:
         public = dataclasses.replace(public, images=images)
     started = time.perf_counter()
     if config.attack_prior is not None:
@@ -94,7 +100,15 @@ def prepare_attack(config, model: Model, cohorts, keys) -> Threat:
                                                                      jax.random.fold_in(keys.attack, 5)))
     prior_seconds = time.perf_counter() - started
     built = attack.make(model, public)
-    return Threat(model=built.model, attack=built, prior_seconds=prior_seconds)
+    return Threat(model=built.model, attack=built, prior_seconds=prior_seconds,
+                  prior_guess=_public_mean(images, cohorts.train.input_shape))
+
+
+def _public_mean(images: np.ndarray | None, input_shape) -> np.ndarray | None:
+    """The mean public image when it has the records' shape (phantoms are one-channel)."""
+    if images is None or tuple(images.shape[1:]) != tuple(input_shape):
+        return None
+    return images.mean(axis=0)
 
 
 def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: int, keys):
@@ -118,7 +132,7 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
         merged, merged_partition = merge_participants(client_data, partition)
         observation = dataclasses.replace(observation, metadata=dataclasses.replace(observation.metadata,
                                                                                      client_ids=(0,)))
-        truth = RoundTruth(merged, [0], merged_partition, cohorts.train)
+        truth = RoundTruth(merged, [0], merged_partition, cohorts.train, threat.prior_guess)
         scores, true_images, reconstructed = run_attack(attack, observation, truth, victims=[0], key=keys.attack)
         return {**results, **scores}, true_images, reconstructed
     if not observation.metadata.client_ids:
@@ -128,7 +142,8 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
     victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
     noise_stddev = plan.update_noise_stddev(observe_round, learning_rate=config.federation.local.learning_rate,
                                             local_steps=config.federation.local_steps)
-    truth = RoundTruth(client_data, [observation.metadata.client_ids[v] for v in victims], partition, cohorts.train)
+    truth = RoundTruth(client_data, [observation.metadata.client_ids[v] for v in victims], partition, cohorts.train,
+                       threat.prior_guess)
     scores, true_images, reconstructed = run_attack(attack, observation, truth, victims=victims, key=keys.attack,
                                                     noise_stddev=noise_stddev)
     return {**results, **scores}, true_images, reconstructed
@@ -240,10 +255,15 @@ def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> t
     Pairs come from ``metrics.score_image_records``: Hungarian assignment on MSE, or all
     reconstructions against their nearest record when there are more of them (never a
     ground-truth pick); a record without a reconstruction scores as the blank guess and
-    counts as not re-identified, not exact and with a wrong label.
+    counts as not re-identified, not exact and with a wrong label. Beside each score is
+    the baseline of the attacker's prior guess (``truth.prior_guess``, else the blank
+    guess) on the same records: what the update added is the gain over it.
     """
     client_data, cohort = truth.client_data, truth.cohort
     per_victim, records, exact, reidentified, label_hits, count_pairs = [], 0, 0, 0.0, 0, []
+    guess = (record_scores.blank_guess(cohort.input_shape) if truth.prior_guess is None
+             else np.asarray(truth.prior_guess, np.float32))
+    baseline = []
     for position, client in enumerate(truth.victim_clients):
         true_images, true_ids, true_labels = _victim_records(client_data, client, cohort.input_shape)
         recon = reconstruction.inputs[position].reshape(-1, *cohort.input_shape)
@@ -256,6 +276,7 @@ def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> t
         finite = np.isfinite(recon).reshape(recon.shape[0], int(np.prod(recon.shape[1:]))).all(axis=1)
         scored = record_scores.score_image_records(recon, true_images)
         per_victim.append(scored)
+        baseline.append(record_scores.score_guess(guess, true_images))
         records += true_images.shape[0]
         pairs = len(scored.truth_index)
         if pairs == 0:
@@ -268,7 +289,21 @@ def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> t
         reidentified += metrics.reidentification_rate(matched_recon, true_ids[truth_index],
                                                       cohort.images[hospital], hospital) * pairs
         label_hits += int(np.sum(recon_labels[finite][scored.reconstruction_index] == true_labels[truth_index]))
-    return _image_summary(per_victim, records, exact, reidentified, label_hits, count_pairs)
+    scores, true_images, reconstructed = _image_summary(per_victim, records, exact, reidentified, label_hits,
+                                                        count_pairs)
+    if records:
+        scores.update(_baseline_summary(baseline, scores, "blank" if truth.prior_guess is None else "public_mean"))
+    return scores, true_images, reconstructed
+
+
+def _baseline_summary(baseline, scores: dict, name: str) -> dict:
+    """The prior guess's scores on the same records, and what the attack gained over it."""
+    summary = record_scores.summarise(np.concatenate([b[0] for b in baseline]), np.concatenate([b[1] for b in baseline]))
+    results = {f"attack.baseline_{key}": value for key, value in summary.items()}
+    results.update({"attack.baseline": name,
+                    "attack.psnr_gain_db": scores["attack.psnr_db"] - summary["psnr_db"],
+                    "attack.ssim_gain": scores["attack.ssim"] - summary["ssim"]})
+    return results
 
 
 def _image_summary(per_victim, records: int, exact: int, reidentified: float, label_hits: int,

@@ -56,6 +56,14 @@ def test_a_toy_attack_runs_through_the_scenario_and_is_scored_by_its_kind(tmp_pa
     np.testing.assert_allclose(reconstructed, reconstructed[:1].repeat(len(truth), 0))
     assert scores["attack.psnr_db"] == pytest.approx(float(np.mean(metrics.psnr(reconstructed, truth))), rel=1e-5)
     assert scores["attack.recognisable_share"] == 0.0
+    # The baseline is the public mean itself (the toy's guess before shrinking): scored on the
+    # same records, and the attack's shrunken guess loses to it.
+    public_mean = reconstructed / 0.5
+    assert scores["attack.baseline"] == "public_mean"
+    assert scores["attack.baseline_psnr_db"] == pytest.approx(float(np.mean(metrics.psnr(public_mean, truth))),
+                                                              rel=1e-5)
+    assert scores["attack.psnr_gain_db"] == pytest.approx(scores["attack.psnr_db"] - scores["attack.baseline_psnr_db"])
+    assert scores["attack.psnr_gain_db"] < 0
 
 
 def test_an_object_without_the_protocol_is_refused_before_compute(tmp_path):

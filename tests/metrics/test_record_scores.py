@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedpriv.metrics import RECOGNISABLE_SSIM, assign_records, psnr, score_image_records
-from fedpriv.metrics.record_scores import PSNR_CAP_DB, summarise
+from fedpriv.metrics.record_scores import PSNR_CAP_DB, score_guess, summarise
 
 
 def _records(count, seed=0):
@@ -76,3 +76,12 @@ def test_assign_records_is_an_assignment_when_reconstructions_are_fewer():
 def test_recognisable_threshold_is_the_stated_one():
     assert RECOGNISABLE_SSIM == 0.6
     assert summarise(np.array([30.0, 10.0]), np.array([0.6, 0.59]))["recognisable_share"] == 0.5
+
+
+def test_a_guess_is_scored_against_every_record():
+    truth = _records(3)
+    psnr_db, ssim_values = score_guess(truth[1], truth)
+    assert psnr_db[1] == PSNR_CAP_DB and ssim_values[1] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(psnr_db[[0, 2]], np.asarray(psnr(np.stack([truth[1]] * 2), truth[[0, 2]])), rtol=1e-6)
+    with pytest.raises(ValueError, match="must have the records' shape"):
+        score_guess(truth[1, :4], truth)
