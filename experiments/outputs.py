@@ -55,35 +55,71 @@ def write_json_atomically(path: Path, payload: dict) -> None:
 
 
 def save_reconstruction_grid(path: Path, truth: np.ndarray, reconstructed: np.ndarray, title: str = "") -> None:
-    """Two rows per victim: the true records, then their matched reconstructions."""
-    victims, count = truth.shape[:2]
-    figure, axes = plt.subplots(2 * victims, count, figsize=(max(3.2, 1.6 * count), 3.2 * victims), squeeze=False)
-    for victim in range(victims):
-        for index in range(count):
-            for row, images, label in ((0, truth, "true"), (1, reconstructed, "reconstructed")):
-                axis = axes[2 * victim + row, index]
-                axis.imshow(np.clip(images[victim, index, ..., 0], 0, 1), cmap="gray", vmin=0, vmax=1)
-                axis.set_xticks([])
-                axis.set_yticks([])
-                if index == 0:
-                    axis.set_ylabel(f"victim {victim}\n{label}", fontsize=7)
+    """Originals above, their matched reconstructions below: one column per victim's record.
+
+    ``truth`` and ``reconstructed`` are ``[V, K, H, W, C]`` scored pairs; the all-zero pairs that
+    pad a victim with fewer than ``K`` records are left out.
+    """
+    columns = [(victim, index) for victim in range(truth.shape[0]) for index in range(truth.shape[1])
+               if np.any(truth[victim, index]) or np.any(reconstructed[victim, index])]
+    figure, axes = plt.subplots(2, max(1, len(columns)), figsize=(max(3.2, 1.4 * len(columns)), 3.2),
+                                squeeze=False)
+    for column, (victim, index) in enumerate(columns):
+        for row, images in enumerate((truth, reconstructed)):
+            axis = axes[row, column]
+            _show(axis, images[victim, index])
+            if row == 0:
+                axis.set_title(f"victim {victim}" + (f" #{index}" if truth.shape[1] > 1 else ""), fontsize=7)
+    axes[0, 0].set_ylabel("original", fontsize=7)
+    axes[1, 0].set_ylabel("reconstructed", fontsize=7)
     figure.suptitle(title, fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-TABLE_KEYS = ("utility.test_accuracy", "privacy.epsilon_rdp", "privacy.epsilon_pld", "privacy.noise_multiplier",
-              "attack.psnr_db", "attack.psnr_db_median", "attack.ssim", "attack.recognisable_share",
-              "attack.baseline_psnr_db", "attack.baseline_ssim", "attack.psnr_gain_db",
-              "attack.records_missing", "attack.label_accuracy", "attack.reidentification_rate",
-              "attack.seconds_per_iteration", "train.seconds", "attack.seconds", "scenario.seconds")
+def _show(axis, image: np.ndarray) -> None:
+    """One ``[H, W, C]`` image in [0, 1]: grey for one channel, colour for three."""
+    image = np.clip(image, 0, 1)
+    if image.shape[-1] == 1:
+        axis.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
+    else:
+        axis.imshow(image[..., :3])
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+# What a run's table shows: utility and privacy, then the headline of the attack's kind, then time.
+LEADING_KEYS = ("utility.test_accuracy", "privacy.epsilon_rdp", "privacy.epsilon_pld", "privacy.noise_multiplier")
+HEADLINE_KEYS = {
+    "images": ("attack.psnr_db", "attack.psnr_db_median", "attack.ssim", "attack.recognisable_share",
+               "attack.baseline_psnr_db", "attack.baseline_ssim", "attack.psnr_gain_db", "attack.records_missing",
+               "attack.label_accuracy", "attack.reidentification_rate"),
+    "codes": ("attack.code_f1", "attack.code_precision", "attack.code_recall", "attack.code_hierarchy_score",
+              "attack.code_same_category", "attack.subtype_accuracy", "attack.count_token_accuracy",
+              "attack.method"),
+    "tokens": ("attack.token_term_f1", "attack.token_term_recall", "attack.token_rouge1_f1",
+               "attack.token_rouge2_f1", "attack.token_order_accuracy", "attack.bag_f1", "attack.records_missing"),
+}
+TRAILING_KEYS = ("attack.status", "attack.seconds_per_iteration", "train.seconds", "attack.seconds",
+                 "scenario.seconds")
+# The sweep objective of ``objective: auto``: the attack kind's headline, or utility without an attack.
+OBJECTIVES = {"images": "attack.psnr_db", "codes": "attack.code_f1", "tokens": "attack.token_term_f1"}
+NO_ATTACK_OBJECTIVE = "utility.test_accuracy"
+
+
+def objective_key(objective: str, metrics: dict) -> str:
+    """The metric a sweep optimises: ``objective`` itself, or with ``"auto"`` the headline of
+    the attack that ran (``attack.kind``) so an EHR sweep does not optimise an image PSNR."""
+    if objective != "auto":
+        return objective
+    return OBJECTIVES.get(metrics.get("attack.kind"), NO_ATTACK_OBJECTIVE)
 
 
 def results_table(metrics: dict) -> str:
     """A short two-column table of the headline numbers."""
     lines = [f"{'metric':<34} value", f"{'-' * 34} {'-' * 12}"]
-    for key in TABLE_KEYS:
+    for key in (*LEADING_KEYS, *HEADLINE_KEYS.get(metrics.get("attack.kind"), ()), *TRAILING_KEYS):
         if key in metrics:
             value = metrics[key]
             text = f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)

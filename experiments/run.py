@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
 
-from experiments.build import build_scenario, flat_config  # noqa: E402
-from experiments.outputs import (git_sha, results_table, save_reconstruction_grid, versions,  # noqa: E402
-                                 write_json_atomically)
+from experiments.build import build_distributed, build_scenario, flat_config  # noqa: E402
+from experiments.outputs import (git_sha, objective_key, results_table, save_reconstruction_grid,  # noqa: E402
+                                 versions, write_json_atomically)
+from fedpriv.federated.distributed import initialize_distributed, is_lead_process  # noqa: E402
 from fedpriv.scenario import run_scenario  # noqa: E402
 
 logger = logging.getLogger("fedpriv.run")
@@ -29,7 +30,10 @@ logger = logging.getLogger("fedpriv.run")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
+    # JAX logs at INFO that it found no TPU on every CPU or GPU machine: not news to a user.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     try:
+        initialize_distributed(build_distributed(cfg))  # a multi-host run joins before JAX touches a device
         scenario = build_scenario(cfg, str(output_dir))  # every config error surfaces here, before compute
         result = run_scenario(scenario)
     except Exception as error:
@@ -38,6 +42,8 @@ def main(cfg: DictConfig) -> float:
                                                           "finished_at": time.time()})
         raise
     metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha()}
+    if not is_lead_process():  # every process of a multi-host run holds the same results; process 0 writes them
+        return float(metrics.get(objective_key(cfg.objective, metrics), float("nan")))
     if result.truth is not None:
         save_reconstruction_grid(output_dir / "reconstruction.png", result.truth, result.reconstructed,
                                  title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1].removesuffix('Config')}"
@@ -45,7 +51,7 @@ def main(cfg: DictConfig) -> float:
     write_json_atomically(output_dir / "metrics.json", metrics)
     print(results_table(metrics))
     print(f"outputs: {output_dir}")
-    return float(metrics.get(cfg.objective, float("nan")))
+    return float(metrics.get(objective_key(cfg.objective, metrics), float("nan")))
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ def run_attack(attack: Attack, observation: Observation, truth: RoundTruth, *, v
                     side_knowledge=SideKnowledge(labels=labels, noise_stddev=noise_stddev))
     seconds = time.perf_counter() - started
     results, true_images, reconstructed = SCORERS[attack.kind](result, truth)
+    results["attack.kind"] = attack.kind
     results["attack.seconds"] = seconds
     results["attack.seconds_per_iteration"] = seconds / (attack.iterations * len(victims))
     return results, true_images, reconstructed

@@ -13,6 +13,8 @@ import re
 import matplotlib.image
 import pytest
 
+from experiments.outputs import objective_key
+
 from .conftest import REPO, run_script, run_smoke
 
 COLLECT = REPO / "scripts" / "collect.py"
@@ -78,11 +80,15 @@ def test_run_writes_flat_metrics_a_grid_and_the_table(cli_runs):
             assert metrics[key] == value, key
 
     grid = read_png(cli_runs.run_dir / "reconstruction.png")
-    assert grid.ndim == 3 and grid.shape[0] > 100 and grid.shape[1] > 100
+    # Originals above reconstructions, one column per victim: not one tall column.
+    assert grid.ndim == 3 and grid.shape[0] > 100 and grid.shape[1] >= grid.shape[0]
 
+    assert "Unable to initialize backend" not in result.stderr + result.stdout
     table = result.stdout
     assert re.search(r"^metric\s+value$", table, re.MULTILINE)
-    for key in ("utility.test_accuracy", "attack.psnr_db", "train.seconds"):
+    assert metrics["attack.kind"] == "images"
+    for key in ("utility.test_accuracy", "attack.psnr_db", "attack.baseline_psnr_db", "attack.psnr_gain_db",
+                "train.seconds"):
         assert re.search(rf"^{re.escape(key)}\s+{re.escape(format(metrics[key], '.4g'))}$", table, re.MULTILINE), key
     assert f"outputs: {cli_runs.run_dir}" in table
 
@@ -98,6 +104,14 @@ def test_run_attacks_the_default_convnet(cli_runs):
     assert 0 < metrics["attack.psnr_db"] < 100 and -1 <= metrics["attack.ssim"] <= 1
     assert metrics["model.num_params"] > metrics["config.model.width"] * 100
     read_png(cli_runs.convnet_dir / "reconstruction.png")
+
+
+def test_the_sweep_objective_follows_the_attack_kind():
+    assert objective_key("auto", {"attack.kind": "images"}) == "attack.psnr_db"
+    assert objective_key("auto", {"attack.kind": "codes"}) == "attack.code_f1"
+    assert objective_key("auto", {"attack.kind": "tokens"}) == "attack.token_term_f1"
+    assert objective_key("auto", {}) == "utility.test_accuracy"
+    assert objective_key("attack.ssim", {"attack.kind": "codes"}) == "attack.ssim"
 
 
 # -- a sweep -----------------------------------------------------------------------------------
