@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedpriv.public import icd10  # noqa: E402
+
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "hydra-core")
 
 
@@ -46,12 +48,8 @@ def _strict_json(value):
 
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Writes to a temporary file in the same folder, then renames: never a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     payload = {key: _strict_json(value) for key, value in payload.items()}
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=1, sort_keys=True, default=str, allow_nan=False)
-    os.replace(temporary, path)
+    _write_text_atomically(path, json.dumps(payload, indent=1, sort_keys=True, default=str, allow_nan=False))
 
 
 def save_reconstruction_grid(path: Path, truth: np.ndarray, reconstructed: np.ndarray, title: str = "") -> None:
@@ -87,6 +85,55 @@ def _show(axis, image: np.ndarray) -> None:
         axis.imshow(image[..., :3])
     axis.set_xticks([])
     axis.set_yticks([])
+
+
+def write_leak_report(path: Path, leaks, kind: str) -> None:
+    """``leak.md``: each victim's true and recovered codes or notes side by side, hits marked.
+
+    Codes (``kind == "codes"``) are listed with their ICD-10-CM descriptions, a true code
+    the attacker recovered marked **hit**, a recovered one no record held marked *false*;
+    notes are shown in the scorer's pairing, the recovered note's words that the true
+    note holds in bold. Written atomically like every other run output.
+    """
+    lines = [f"# What the attack recovered ({kind})", ""]
+    for leak in leaks:
+        lines += [f"## Hospital {leak.client}", ""]
+        lines += _code_lines(leak) if kind == "codes" else _note_lines(leak)
+        lines.append("")
+    _write_text_atomically(path, "\n".join(lines))
+
+
+def _code_lines(leak) -> list[str]:
+    recovered, true = set(leak.recovered), set(leak.true)
+    rows = ["| code | description | true | recovered |", "|---|---|---|---|"]
+    for token in sorted(true | recovered):
+        mark = "**hit**" if token in true and token in recovered else ("*false*" if token in recovered else "missed")
+        rows.append(f"| {token} | {_describe(token)} | {'yes' if token in true else ''} | {mark} |")
+    return rows
+
+
+def _describe(token: str) -> str:
+    try:
+        return icd10.description(token)
+    except ValueError:  # age, sex and lab tokens of the EHR vocabulary
+        return ""
+
+
+def _note_lines(leak) -> list[str]:
+    rows = []
+    for index, (true, recovered) in enumerate(zip(leak.true, leak.recovered)):
+        words = set(true.split())
+        marked = " ".join(f"**{word}**" if word in words else word for word in recovered.split())
+        rows += [f"{index + 1}. true: {true}", f"   recovered: {marked or '(nothing)'}"]
+    return rows
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(text)
+    os.replace(temporary, path)
 
 
 # What a run's table shows: utility and privacy, then the headline of the attack's kind, then time.

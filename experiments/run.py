@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from experiments.build import build_distributed, build_scenario, flat_config  # noqa: E402
 from experiments.outputs import (git_sha, objective_key, results_table, save_reconstruction_grid,  # noqa: E402
-                                 versions, write_json_atomically)
+                                 versions, write_json_atomically, write_leak_report)
 from fedpriv.federated.distributed import initialize_distributed, is_lead_process  # noqa: E402
 from fedpriv.scenario import run_scenario  # noqa: E402
 
@@ -48,6 +48,8 @@ def main(cfg: DictConfig) -> float:
         save_reconstruction_grid(output_dir / "reconstruction.png", result.truth, result.reconstructed,
                                  title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1].removesuffix('Config')}"
                                        f"\nvs defense={cfg.defense.name}")
+    if result.leaks:
+        write_leak_report(output_dir / "leak.md", result.leaks, metrics["attack.kind"])
     write_json_atomically(output_dir / "metrics.json", metrics)
     print(results_table(metrics))
     print(f"outputs: {output_dir}")

@@ -26,7 +26,7 @@ from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.keys import run_keys
 from fedpriv.privacy import _validation
 from fedpriv.privacy.accountant import ACCOUNTANTS
-from fedpriv.scenario_attacks import ATTACK_KIND_OF_COHORT, attack_stage, prepare_attack
+from fedpriv.scenario_attacks import ATTACK_KIND_OF_COHORT, VictimLeak, attack_stage, prepare_attack
 from fedpriv.scenario_federation import build_cohorts, build_model, make_plan, save_membership_coins, train_federation
 from fedpriv.scenario_measurements import defense_costs, membership_metrics, privacy_metrics, training_metrics
 from fedpriv.typing import Model
@@ -148,12 +148,14 @@ class ScenarioConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScenarioResult:
-    """Flat metrics plus the images to draw: ``truth`` and ``reconstructed`` are
-    ``[V, K, H, W, C]`` pairs per victim (K the records of each victim)."""
+    """Flat metrics plus the leak to show: ``truth`` and ``reconstructed`` are
+    ``[V, K, H, W, C]`` image pairs per victim (K the records of each victim); ``leaks``
+    each victim's true and recovered codes or notes."""
 
     metrics: dict[str, float | int | str]
     truth: np.ndarray | None
     reconstructed: np.ndarray | None
+    leaks: tuple[VictimLeak, ...] = ()
 
 
 def run_scenario(config: ScenarioConfig) -> ScenarioResult:
@@ -175,8 +177,8 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
     results = training_metrics(trained, cohorts, threat.model)
     results.update(defense_costs(config.defenses, trained))
     results.update(privacy_metrics(plan, trained, config.privacy_options, jax.random.fold_in(keys.attack, 1)))
-    attack_results, truth, reconstructed = attack_stage(config, threat, trained, plan, cohorts, observe_round, keys)
-    results.update(attack_results)
+    scored = attack_stage(config, threat, trained, plan, cohorts, observe_round, keys)
+    results.update(scored.metrics)
     if config.membership is not None:
         results.update(membership_metrics(config.membership, threat.model, trained.training.params, cohorts,
                                           jax.random.fold_in(keys.attack, 2), delta=config.privacy_options.delta,
@@ -184,4 +186,4 @@ def run_scenario(config: ScenarioConfig) -> ScenarioResult:
         if config.output_dir is not None:
             save_membership_coins(Path(config.output_dir) / "membership_coins.json", cohorts.membership)
     results["scenario.seconds"] = time.perf_counter() - started
-    return ScenarioResult(results, truth, reconstructed)
+    return ScenarioResult(results, scored.truth, scored.reconstructed, scored.leaks)

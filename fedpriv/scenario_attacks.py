@@ -24,7 +24,8 @@ from fedpriv.keys import numpy_generator
 from fedpriv.metrics import codes as code_metrics
 from fedpriv.metrics import record_scores
 from fedpriv.metrics import tokens as token_metrics
-from fedpriv.public.clinical_words import PAD_ID
+from fedpriv.public import icd10
+from fedpriv.public.clinical_words import PAD_ID, detokenize
 from fedpriv.typing import ClientData, Model, Observation, Reconstruction
 
 # A reconstructed record counts as recovered exactly below this relative L2 error.
@@ -46,14 +47,34 @@ class RoundTruth:
     prior_guess: np.ndarray | None = None
 
 
-def run_attack(attack: Attack, observation: Observation, truth: RoundTruth, *, victims: list[int],
-               key: jax.Array, noise_stddev: float = 0.0) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """Runs ``attack`` against ``victims`` (positions on the observed client axis) and scores
-    it with the scorer of its kind.
+@dataclasses.dataclass(frozen=True)
+class VictimLeak:
+    """What one victim's records gave away, as a person reads it: its true items (codes, or
+    whole notes) and what the attacker recovered, in the scorer's pairing."""
 
-    Returns ``(metrics, truth, reconstructed)``; the images are ``[V, K, ...]`` scored
-    pairs for image attacks and ``None`` otherwise.
+    client: int
+    true: tuple[str, ...]
+    recovered: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A scorer's answer: flat metrics and what the run folder shows of the leak.
+
+    ``truth`` and ``reconstructed`` are ``[V, K, ...]`` scored image pairs (image attacks);
+    ``leaks`` one ``VictimLeak`` per victim (code and note attacks).
     """
+
+    metrics: dict
+    truth: np.ndarray | None = None
+    reconstructed: np.ndarray | None = None
+    leaks: tuple[VictimLeak, ...] = ()
+
+
+def run_attack(attack: Attack, observation: Observation, truth: RoundTruth, *, victims: list[int],
+               key: jax.Array, noise_stddev: float = 0.0) -> Scored:
+    """Runs ``attack`` against ``victims`` (positions on the observed client axis) and scores
+    it with the scorer of its kind."""
     labels = None
     if attack.needs_known_labels:
         labels = np.stack([known_labels(truth.client_data, client, observation.metadata.batch_size)
@@ -62,11 +83,10 @@ def run_attack(attack: Attack, observation: Observation, truth: RoundTruth, *, v
     result = attack(observation, key, victims=victims,
                     side_knowledge=SideKnowledge(labels=labels, noise_stddev=noise_stddev))
     seconds = time.perf_counter() - started
-    results, true_images, reconstructed = SCORERS[attack.kind](result, truth)
-    results["attack.kind"] = attack.kind
-    results["attack.seconds"] = seconds
-    results["attack.seconds_per_iteration"] = seconds / (attack.iterations * len(victims))
-    return results, true_images, reconstructed
+    scored = SCORERS[attack.kind](result, truth)
+    scored.metrics.update({"attack.kind": attack.kind, "attack.seconds": seconds,
+                           "attack.seconds_per_iteration": seconds / (attack.iterations * len(victims))})
+    return scored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,13 +132,13 @@ def _public_mean(images: np.ndarray | None, input_shape) -> np.ndarray | None:
     return images.mean(axis=0)
 
 
-def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: int, keys):
+def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: int, keys) -> Scored:
     """Observes the chosen round and runs the configured attack on it; scores it against the truth."""
     if config.attack is None:
-        return {}, None, None
+        return Scored({})
     training, partition, attack = trained.training, cohorts.partition, threat.attack
     if observe_round not in training.observations:
-        return {"attack.status": f"round {observe_round} was never run: {training.stop_reason}"}, None, None
+        return Scored({"attack.status": f"round {observe_round} was never run: {training.stop_reason}"})
     observation = training.observations[observe_round]
     client_data = training.observed_data[observe_round]
     results: dict = {"attack.round": observe_round}
@@ -127,27 +147,26 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
     if observation.aggregated and not attack.observes_aggregate:
         results["attack.status"] = ("the server observed only the aggregate of the updates "
                                     f"({config.defenses.protocol.name}): no per-hospital update to invert")
-        return results, None, None
+        return Scored(results)
     if observation.aggregated:
         # The attack reads records off the SUM: every participant's records are the victims'.
         merged, merged_partition = merge_participants(client_data, partition)
         observation = dataclasses.replace(observation, metadata=dataclasses.replace(observation.metadata,
                                                                                      client_ids=(0,)))
         truth = RoundTruth(merged, [0], merged_partition, cohorts.train, threat.prior_guess)
-        scores, true_images, reconstructed = run_attack(attack, observation, truth, victims=[0], key=keys.attack)
-        return {**results, **scores}, true_images, reconstructed
+        scored = run_attack(attack, observation, truth, victims=[0], key=keys.attack)
+        return dataclasses.replace(scored, metrics={**results, **scored.metrics})
     if not observation.metadata.client_ids:
         # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
-        return ({**results, "attack.status": f"no hospital sent an update in round {observe_round}",
-                 "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0}, None, None)
+        return Scored({**results, "attack.status": f"no hospital sent an update in round {observe_round}",
+                       "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0})
     victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
     noise_stddev = plan.update_noise_stddev(observe_round, learning_rate=config.federation.local.learning_rate,
                                             local_steps=config.federation.local_steps)
     truth = RoundTruth(client_data, [observation.metadata.client_ids[v] for v in victims], partition, cohorts.train,
                        threat.prior_guess)
-    scores, true_images, reconstructed = run_attack(attack, observation, truth, victims=victims, key=keys.attack,
-                                                    noise_stddev=noise_stddev)
-    return {**results, **scores}, true_images, reconstructed
+    scored = run_attack(attack, observation, truth, victims=victims, key=keys.attack, noise_stddev=noise_stddev)
+    return dataclasses.replace(scored, metrics={**results, **scored.metrics})
 
 
 def merge_participants(client_data: ClientData, partition: list[np.ndarray]) -> tuple[ClientData, list[np.ndarray]]:
@@ -186,7 +205,7 @@ def _victim_records(client_data: ClientData, client: int, input_shape) -> tuple[
     return inputs, ids, labels
 
 
-def score_codes(result: CodeRecoveryResult, truth: RoundTruth) -> tuple[dict, None, None]:
+def score_codes(result: CodeRecoveryResult, truth: RoundTruth) -> Scored:
     """Set, hierarchy, count and subtype scores of recovered codes against the round's records.
 
     Codes are recovered as each victim's set (or counts) of codes, not record by record,
@@ -217,17 +236,25 @@ def score_codes(result: CodeRecoveryResult, truth: RoundTruth) -> tuple[dict, No
         results["attack.subtype_accuracy"] = code_metrics.subtype_accuracy(
             np.asarray(recovered)[single], np.array([true_labels[i][0] for i in single]), cohort.vocabulary)
     results["attack.method"] = result.method
-    return results, None, None
+    return Scored(results, leaks=tuple(_code_leak(client, counts > 0, present, cohort.vocabulary)
+                                       for client, counts, present in zip(truth.victim_clients, true_counts,
+                                                                          recovery.present)))
 
 
-def score_tokens(result: TokenRecoveryResult, truth: RoundTruth) -> tuple[dict, None, None]:
+def _code_leak(client: int, true_present, recovered_present, vocabulary) -> VictimLeak:
+    tokens = lambda present: tuple(token for token in map(vocabulary.token, np.flatnonzero(present).tolist())
+                                   if token != icd10.PAD_TOKEN)
+    return VictimLeak(client, tokens(true_present), tokens(recovered_present))
+
+
+def score_tokens(result: TokenRecoveryResult, truth: RoundTruth) -> Scored:
     """Term recovery and word order of recovered notes against EVERY note used that round.
 
     Notes are paired like images (``metrics.assign_records`` on ``1 - ROUGE-L F1``); a
     note with no recovered counterpart is scored against an empty recovery (all zeros).
     """
     reconstruction, client_data = result.notes, truth.client_data
-    scores, records, missing = [], 0, 0
+    scores, records, missing, leaks = [], 0, 0, []
     for position, client in enumerate(truth.victim_clients):
         true_notes, _, _ = _victim_records(client_data, client, (client_data.examples["x"].shape[-1],))
         recovered = np.asarray(reconstruction.inputs[position]).reshape(-1, true_notes.shape[-1])
@@ -239,18 +266,26 @@ def score_tokens(result: TokenRecoveryResult, truth: RoundTruth) -> tuple[dict, 
                    for t in assignment.missing]
         records += len(true_notes)
         missing += len(assignment.missing)
+        leaks.append(_note_leak(client, true_notes, recovered, assignment))
     if not scores:
-        return {"attack.records_scored": 0}, None, None
+        return Scored({"attack.records_scored": 0})
     results = {f"attack.token_{name}": float(np.mean([s[name] for s in scores])) for name in scores[0]}
     results.update({"attack.records_scored": records, "attack.records_missing": missing})
     note_length = client_data.examples["x"].shape[-1]
     bag_scores = [token_metrics.set_scores(bag, _victim_records(client_data, client, (note_length,))[0].ravel())
                   for bag, client in zip(result.bags, truth.victim_clients)]
     results["attack.bag_f1"] = float(np.mean([score["f1"] for score in bag_scores]))
-    return results, None, None
+    return Scored(results, leaks=tuple(leaks))
 
 
-def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> tuple[dict, np.ndarray, np.ndarray]:
+def _note_leak(client: int, true_notes, recovered, assignment) -> VictimLeak:
+    """True notes in the scorer's pairing, each beside its recovered note ("" when missing)."""
+    order = [*assignment.truth_index, *assignment.missing]
+    paired = [detokenize(recovered[r]) for r in assignment.reconstruction_index] + [""] * len(assignment.missing)
+    return VictimLeak(client, tuple(detokenize(true_notes[t]) for t in order), tuple(paired))
+
+
+def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> Scored:
     """Scores each victim's reconstructed images against EVERY record it used that round.
 
     Pairs come from ``metrics.score_image_records``: Hungarian assignment on MSE, or all
@@ -294,7 +329,7 @@ def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> t
                                                         count_pairs)
     if records:
         scores.update(_baseline_summary(baseline, scores, "blank" if truth.prior_guess is None else "public_mean"))
-    return scores, true_images, reconstructed
+    return Scored(scores, true_images, reconstructed)
 
 
 def _baseline_summary(baseline, scores: dict, name: str) -> dict:
@@ -339,5 +374,5 @@ def _image_summary(per_victim, records: int, exact: int, reidentified: float, la
     return scores, pad([s.truth for s in per_victim]), pad([s.reconstructed for s in per_victim])
 
 
-# The scorer of each attack kind (``Attack.kind``): ``(result, truth) -> (metrics, truth, reconstructed)``.
+# The scorer of each attack kind (``Attack.kind``): ``(result, truth) -> Scored``.
 SCORERS = {"images": score_reconstruction, "codes": score_codes, "tokens": score_tokens}
