@@ -25,6 +25,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fedpriv.progress import progress_bar
+
 
 def _batched(step, batching: str):
     """``step(state, candidate, shared)`` lifted over a leading candidate axis."""
@@ -46,13 +48,25 @@ def make_runner(step, compilation) -> types.SimpleNamespace:
                                  run_chunk=jax.jit(run_iterations, static_argnums=3))
 
 
-def _optimise(runner, state, candidate, shared, iterations: int, compilation):
-    """Runs ``iterations`` steps as compiled; returns the final state and the values ``[T, ...]``."""
+# With a progress bar the host loop waits for its steps every this many: JAX dispatches
+# asynchronously, so a bar fed at dispatch would run ahead of the work. Without a bar
+# nothing waits.
+PROGRESS_EVERY = 10
+
+
+def _optimise(runner, state, candidate, shared, iterations: int, compilation, advance=None):
+    """Runs ``iterations`` steps as compiled; returns the final state and the values ``[T, ...]``.
+
+    ``advance(steps)``, when given, is told of the steps done (after they are done).
+    """
     values = []
     if compilation.loop == "host":
-        for _ in range(iterations):
+        for index in range(iterations):
             state, value = runner.single_iteration(state, candidate, shared)
             values.append(value)
+            if advance is not None and ((index + 1) % PROGRESS_EVERY == 0 or index + 1 == iterations):
+                jax.block_until_ready(value)
+                advance(index % PROGRESS_EVERY + 1)
         return state, jnp.stack(values)
     done = 0
     while done < iterations:
@@ -60,6 +74,9 @@ def _optimise(runner, state, candidate, shared, iterations: int, compilation):
         state, chunk = runner.run_chunk(state, candidate, shared, count)
         values.append(chunk)
         done += count
+        if advance is not None:
+            jax.block_until_ready(chunk)
+            advance(count)
     return state, jnp.concatenate(values)
 
 
@@ -69,16 +86,19 @@ def run_candidates(runner, init_state: Callable, start, candidate, shared, itera
 
     Returns the final variables ``[N, ...]`` and the values ``[iterations, N]``.
     """
-    if compilation.batching == "loop":
+    count = jax.tree_util.tree_leaves(start)[0].shape[0]
+    with progress_bar(f"attack ({count} candidates)", total=iterations * count) as advance:
+        if compilation.batching != "loop":
+            per_candidate = None if advance is None else (lambda steps: advance(steps * count))
+            state, values = _optimise(runner, (start, jax.vmap(init_state)(start)), candidate, shared, iterations,
+                                      compilation, per_candidate)
+            return state[0], values
         results = []
-        for index in range(jax.tree_util.tree_leaves(start)[0].shape[0]):
+        for index in range(count):
             take = functools.partial(jax.tree_util.tree_map, lambda a: a[index])  # noqa: B023
             variables = take(start)
             state, values = _optimise(runner, (variables, init_state(variables)), take(candidate), shared,
-                                      iterations, compilation)
+                                      iterations, compilation, advance)
             results.append((state[0], values))
-        final = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[r[0] for r in results])
-        return final, jnp.stack([r[1] for r in results], axis=1)
-    state, values = _optimise(runner, (start, jax.vmap(init_state)(start)), candidate, shared, iterations,
-                              compilation)
-    return state[0], values
+    final = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[r[0] for r in results])
+    return final, jnp.stack([r[1] for r in results], axis=1)
