@@ -14,7 +14,9 @@ from fedpriv.attacks import AttackCompilation
 from fedpriv.compilation import choose_compilation
 from fedpriv.defenses.plans import (CombinedPrivacyConfig, DPFedAvgConfig, DPSGDConfig, LocalDPConfig,
                                     NoPrivacyConfig, PrivacyConfig, TieredDPSGDConfig)
+from fedpriv.federated.checkpoints import CheckpointConfig
 from fedpriv.federated.defense_stack import DefenseStack
+from fedpriv.federated.distributed import DistributedConfig
 from fedpriv.scenario import PrivacyOptions, ScenarioConfig
 
 # The components a conf/defense/*.yaml may set (each null when off), in stack order.
@@ -25,7 +27,7 @@ STACK_COMPONENTS = ("dp_fedavg", "tiers", "local_dp", "compression", "protocol",
 def resolve_impl(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` with every ``auto`` impl knob replaced by the measured choice."""
     cfg = cfg.copy()
-    choice = choose_compilation(str(cfg.model.name))
+    choice = choose_compilation(str(cfg.model.name), num_devices=cfg.impl.get("num_devices"))
     with open_dict(cfg):
         for field in ("client_backend", "attack_loop", "attack_batching"):
             if cfg.impl[field] == "auto":
@@ -44,6 +46,8 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
         raise ValueError(f"defense has unknown key(s) {unknown}; allowed: name, dp_sgd, l2_clip_norm, "
                          f"noise_multiplier, {', '.join(STACK_COMPONENTS)}")
     attack = None if cfg.attack.config is None else instantiate(cfg.attack.config, _convert_="all")
+    federation = instantiate(cfg.algorithm, _convert_="all")
+    federation.placement.check_devices()
     return ScenarioConfig(
         seed=int(cfg.seed),
         output_dir=output_dir,
@@ -51,7 +55,7 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
         test_fraction=float(cfg.data.test_fraction),
         partition=instantiate(cfg.data.partition, _convert_="all"),
         model_factory=instantiate(cfg.model, _convert_="all"),
-        federation=instantiate(cfg.algorithm, _convert_="all"),
+        federation=federation,
         privacy=build_privacy_config(cfg),
         privacy_options=PrivacyOptions(
             delta=float(cfg.privacy.delta), accountant=str(cfg.privacy.accountant),
@@ -69,7 +73,16 @@ def build_scenario(cfg: DictConfig, output_dir: str | None = None) -> ScenarioCo
         num_victims=int(cfg.attack.num_victims),
         membership=(None if cfg.attack.get("membership") is None
                     else instantiate(cfg.attack.membership, _convert_="all")),
+        checkpoint=build_checkpoint(cfg),
     )
+
+
+def build_distributed(cfg: DictConfig) -> DistributedConfig:
+    """The run's ``impl.distributed`` settings (one process unless enabled); builds nothing else,
+    so a multi-host run can join before anything starts JAX's backend."""
+    settings = cfg.impl.get("distributed")
+    return DistributedConfig() if settings is None else DistributedConfig(**OmegaConf.to_container(settings,
+                                                                                                   resolve=True))
 
 
 def build_privacy_config(cfg: DictConfig) -> PrivacyConfig:
@@ -123,6 +136,12 @@ def build_defense_stack(cfg: DictConfig) -> DefenseStack:
 
 def flat_config(cfg: DictConfig) -> dict[str, object]:
     """The resolved config as flat ``config.<dotted.key>`` entries for ``metrics.json``."""
+    container = OmegaConf.to_container(resolve_impl(cfg), resolve=True)
+    container.pop("hydra", None)
+    return _flatten(container)
+
+
+def _flatten(container: dict) -> dict[str, object]:
     flat: dict[str, object] = {}
 
     def visit(prefix: str, node) -> None:
@@ -135,7 +154,38 @@ def flat_config(cfg: DictConfig) -> dict[str, object]:
         else:
             flat[prefix] = node
 
-    container = OmegaConf.to_container(resolve_impl(cfg), resolve=True)
-    container.pop("hydra", None)
     visit("config", container)
     return flat
+
+
+# What every impl knob reads as in a run's fingerprint: impl choices never change results.
+IMPL_PLACEHOLDER = "<impl>"
+
+
+def run_fingerprint(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config a checkpoint must match, flat: everything but the ``impl`` knobs
+    (also where they are interpolated, e.g. ``algorithm.backend``) and the ``checkpoint``
+    section, which never change results (a run may resume on another backend or interval)."""
+    blank = cfg.copy()
+    with open_dict(blank):
+        blank.impl = OmegaConf.create(_placeholders(OmegaConf.to_container(cfg.impl, resolve=False)))
+    container = OmegaConf.to_container(blank, resolve=True)
+    for section in ("hydra", "impl", "checkpoint"):
+        container.pop(section, None)
+    return {key: value for key, value in _flatten(container).items() if value != IMPL_PLACEHOLDER}
+
+
+def _placeholders(node):
+    return {key: _placeholders(value) for key, value in node.items()} if isinstance(node, dict) else IMPL_PLACEHOLDER
+
+
+def build_checkpoint(cfg: DictConfig) -> CheckpointConfig | None:
+    """The ``checkpoint`` section as a ``CheckpointConfig``, or ``None`` when ``checkpoint.every`` is null (off)."""
+    section = cfg.get("checkpoint")
+    if section is None or section.get("every") is None:
+        return None
+    unknown = sorted(set(section) - {"every", "dir", "keep"})
+    if unknown:
+        raise ValueError(f"checkpoint has unknown key(s) {unknown}; allowed: every, dir, keep")
+    return CheckpointConfig(every=section.every, directory=None if section.get("dir") is None else str(section.dir),
+                            keep=section.get("keep", 2), fingerprint=run_fingerprint(cfg))

@@ -22,6 +22,7 @@ from fedpriv.attacks.image_prior import ImagePriorConfig
 from fedpriv.attacks.protocol import check_attack_config
 from fedpriv.defenses.plans import NoPrivacyConfig, PrivacyConfig
 from fedpriv.federated import FederatedConfig
+from fedpriv.federated.checkpoints import CheckpointConfig
 from fedpriv.federated.defense_stack import DefenseStack
 from fedpriv.keys import run_keys
 from fedpriv.privacy import _validation
@@ -94,6 +95,8 @@ class ScenarioConfig:
       membership: ``None`` or a LiRA config: membership inference against the final
         federated model on hospital 0's records, half of which (by fair coins) were held
         out of training (``fedpriv.scenario_federation.MembershipSplit``).
+      checkpoint: ``None`` (no checkpoints) or when and where training writes round
+        checkpoints; a run started again with the same config resumes from the newest.
     """
 
     seed: int
@@ -113,6 +116,7 @@ class ScenarioConfig:
     observe_round: int = -1
     num_victims: int = 1
     membership: LiraConfig | None = None
+    checkpoint: CheckpointConfig | None = None
 
     def __post_init__(self):
         if not 0 < self.test_fraction < 1:
@@ -140,6 +144,12 @@ class ScenarioConfig:
                              "use label_strategy 'known' (attack.config.label_strategy=known) or no attack")
         if self.defenses.audit_log and self.output_dir is None:
             raise ValueError("defense.audit_log writes the log into the run folder: give the scenario an output_dir")
+        if self.checkpoint is not None and self.checkpoint.directory is None and self.output_dir is None:
+            raise ValueError("checkpoint.dir is null and the scenario has no output_dir to put checkpoints in: "
+                             "set checkpoint.dir or give the scenario an output_dir")
+        if self.checkpoint is not None and self.privacy_options.secure_randomness:
+            raise ValueError("checkpoint.every with privacy.secure_randomness=true would write the stages' noise keys, "
+                             "drawn from OS entropy, to disk; use checkpoint.every=null or seed-derived randomness")
         if (self.attack is not None and self.defenses.private_head
                 and getattr(self.attack, "label_strategy", None) == "idlg"):
             raise ValueError("attack label_strategy 'idlg' reads labels off the head, which model partitioning "

@@ -17,6 +17,7 @@ from fedpriv import data as data_lib
 from fedpriv.defenses.audit_log_recorder import AuditLogRecorder
 from fedpriv.defenses.plans import BatchSampling, PlanLedger, PrivacyPlan, RunShape
 from fedpriv.federated import Federation, TrainingHooks, TrainingKeys, train
+from fedpriv.federated.checkpoints import RoundCheckpoints
 from fedpriv.federated.defense_stack import HospitalModelScreens
 from fedpriv.keys import RunKeys, numpy_generator
 from fedpriv.models.base import check_input_shape
@@ -141,7 +142,10 @@ class TrainedFederation:
 
 def train_federation(config, cohorts: Cohorts, model: Model, plan: PrivacyPlan, keys: RunKeys,
                      observe_rounds: list[int]) -> TrainedFederation:
-    """Trains the federation with its plan, defenses and hooks; the attacker records ``observe_rounds``."""
+    """Trains the federation with its plan, defenses and hooks; the attacker records ``observe_rounds``.
+
+    With ``config.checkpoint`` training resumes from the newest intact checkpoint of the run's
+    folder, if any (the audit log is then reopened, not created)."""
     stack, options = config.defenses, config.privacy_options
     federation_config = dataclasses.replace(config.federation, private_head=stack.private_head)
     federation = Federation(model=model, config=federation_config, plan=plan, num_clients=len(cohorts.partition),
@@ -149,17 +153,21 @@ def train_federation(config, cohorts: Cohorts, model: Model, plan: PrivacyPlan, 
     ledger = PlanLedger(plan, delta=options.delta, accountant=options.accountant) if options.stop_on_budget else None
     screens = (None if stack.model_screening is None
                else HospitalModelScreens(config=stack.model_screening, num_clients=len(cohorts.partition)))
+    checkpoints = (None if config.checkpoint is None
+                   else RoundCheckpoints.from_config(config.checkpoint, config.output_dir))
     recorder = None
     if stack.audit_log:
         recorder = AuditLogRecorder(Path(config.output_dir) / "audit_log.jsonl", plan=plan,
                                     num_clients=len(cohorts.partition), l2_clip_norm=_clip_norm(plan),
-                                    delta=options.delta, accountant=options.accountant)
+                                    delta=options.delta, accountant=options.accountant,
+                                    resume=checkpoints is not None and checkpoints.latest() is not None)
     params = model.init(keys.init, jnp.zeros((1, *cohorts.train.input_shape), cohorts.train.images.dtype))
     data = CohortRounds(cohorts=cohorts, local_steps=federation_config.local_steps, sampling=plan.batch_sampling,
                         batches_key=keys.batches)
     hooks = TrainingHooks(budget=ledger, model_screen=screens, observers=(recorder,) if recorder else ())
     training = train(federation, params=params, data=data, hooks=hooks, observe_rounds=observe_rounds,
-                     keys=TrainingKeys(sampling=keys.sampling, clients=keys.clients, server=keys.noise))
+                     keys=TrainingKeys(sampling=keys.sampling, clients=keys.clients, server=keys.noise),
+                     checkpoints=checkpoints)
     return TrainedFederation(federation, params, training, ledger, screens, recorder)
 
 

@@ -23,12 +23,18 @@ TPR_AT_FPR = (0.001, 0.01)
 
 
 def training_metrics(trained, cohorts, model: Model) -> dict:
-    """Utility (each hospital's model on the test set, averaged under partitioning), time, data sizes."""
+    """Utility (each hospital's model on the test set, averaged under partitioning), time, data sizes,
+    and for a checkpointed run what its checkpoints cost and where it resumed."""
     training, partitioned = trained.training, trained.federation.config.private_head
     clients = range(len(cohorts.partition)) if partitioned else [0]
     accuracies = [metrics.accuracy(model, training.hospital_params(model, client), cohorts.test.images,
                                    cohorts.test.labels) for client in clients]
-    return {
+    checkpointed = {}
+    if training.checkpoint_seconds or training.resumed_from_round is not None:
+        checkpointed = {"checkpoint.seconds": float(np.sum(training.checkpoint_seconds)),
+                        "checkpoint.written": len(training.checkpoint_seconds),
+                        "checkpoint.resumed_from_round": training.resumed_from_round}
+    return {**checkpointed,
         "utility.test_accuracy": float(np.mean(accuracies)),
         "train.seconds": float(np.sum(training.seconds_per_round)),
         "train.seconds_per_round": float(np.median(training.seconds_per_round)) if training.seconds_per_round else 0.0,

@@ -261,6 +261,11 @@ class AuditLog:
     def __len__(self) -> int:  # records written
         return self._length
 
+    @property
+    def size(self) -> int:
+        """Bytes of the file this writer has written or verified (what a checkpoint cuts it back to)."""
+        return self._size
+
     def append(self, entry: AuditEntry, signing_key: ed25519.Ed25519PrivateKey) -> str:
         """Signs ``entry`` with its hospital's key and appends it atomically (see :meth:`extend`)."""
         return self.extend([(entry, signing_key)])[0]

@@ -108,6 +108,17 @@ class HospitalModelScreens:
     def __post_init__(self):
         self.histories = [ModelHistory() for _ in range(self.num_clients)]
 
+    def checkpoint_state(self) -> dict:
+        """Every hospital's history and the refusals so far (``fedpriv.federated.checkpoints.HostParty``)."""
+        return {"histories": list(self.histories), "refusals": list(self.refusals)}
+
+    def restore_state(self, state) -> None:
+        """Puts back a :meth:`checkpoint_state`: the screens judge the next model as they would have."""
+        if len(state["histories"]) != self.num_clients:
+            raise ValueError(f"the checkpointed model screens are {len(state['histories'])} hospitals', this run "
+                             f"has {self.num_clients}")
+        self.histories, self.refusals = list(state["histories"]), list(state["refusals"])
+
     def accepts(self, round_index: int, participating: np.ndarray, params: Params) -> np.ndarray:
         host_params = jax.device_get(params)
         accepted = np.zeros(self.num_clients, bool)

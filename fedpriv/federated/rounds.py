@@ -19,9 +19,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from fedpriv.defenses.plans import RoundNoise
 from fedpriv.defenses.server_stages import RoundAggregate, ServerPipeline, StageContext
+from fedpriv.federated.client_mesh import (CLIENT_AXIS, ClientPlacement, gather_clients, replicate, shard_clients,
+                                           take_clients, to_local)
 from fedpriv.federated.clients import CLIENT_BACKENDS, for_each_client
 from fedpriv.federated.local_sgd import ClientReport, ClientUpdate
 from fedpriv.typing import ClientData, Params
@@ -94,38 +97,48 @@ def _observed_sum(aggregate: RoundAggregate) -> Params:
 
 
 def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTransformation, *, backend: str,
-               pipeline: ServerPipeline, weights: Callable, weighting: str = "uniform") -> RoundFunction:
+               pipeline: ServerPipeline, weights: Callable, weighting: str = "uniform",
+               placement: ClientPlacement = ClientPlacement()) -> RoundFunction:
     """Builds the round function (its signature is in ``RoundFunction``'s comment above).
 
     Args:
       client_update: the pure client function (client-side transforms included).
       server_optimizer: the optax optimizer on the pseudo-gradient.
-      backend: a client backend, ``"vmap"`` or ``"loop"``.
+      backend: a client backend, ``"vmap"``, ``"loop"`` or ``"sharded"``.
       pipeline: the server stages.
       weights: ``weights(weighting, client_mask, realised_examples) -> [C]``, the privacy
         plan's :meth:`aggregation_weights` (public constants under DP).
       weighting: the weighting asked for (``"uniform"`` or ``"examples"``).
+      placement: the client backend's device count and client chunk.
 
-    With ``backend="vmap"`` and no host-side stage the whole round is one jitted call;
-    otherwise clients, each stage and the server step are separate jitted calls (host
-    stages run on NumPy in between). Nothing recompiles after the first round while shapes
-    stay fixed; the round's noise multipliers are traced, so schedules never recompile.
+    With ``backend="vmap"`` or ``"sharded"`` and no host-side stage the whole round is one
+    jitted call; otherwise clients, each stage and the server step are separate jitted calls
+    (host stages run on NumPy in between). ``"sharded"`` places each round's clients on the
+    mesh (padded with absent clients, each device holding its own) and the server state on
+    every device, so the stages' sums over clients are cross-device reductions; the round
+    hands back local arrays (server state: this process's replica; per-client results:
+    gathered, padding dropped), as ``vmap`` does. Nothing recompiles after the first round
+    while shapes stay fixed; the round's noise multipliers are traced, so schedules never
+    recompile.
     """
     if backend not in CLIENT_BACKENDS:
         raise ValueError(f"client backend must be one of {CLIENT_BACKENDS}, got {backend!r}")
-    run_clients = for_each_client(client_update, backend)
+    run_clients = for_each_client(client_update, backend, placement)
+    mesh = getattr(run_clients, "mesh", None)
     stages = pipeline.stages
 
-    def start(params, client_data, client_keys, noise: RoundNoise, per_client):
-        updates, reports = run_clients(params, client_data, client_keys, noise.local, per_client)
-        aggregate = RoundAggregate(messages=updates,
-                                   weights=weights(weighting, client_data.client_mask, reports.num_examples))
-        return updates, reports, aggregate
+    def start(params, client_data, client_keys, noise: RoundNoise, per_client, num_clients=None):
+        sent, reports = run_clients(params, client_data, client_keys, noise.local, per_client)
+        kept, client_mask = (sent, reports), client_data.client_mask
+        if num_clients is not None:  # the placement padded the round with absent clients: aggregate without them
+            kept, client_mask = take_clients((kept, client_mask), num_clients)
+        aggregate = RoundAggregate(messages=kept[0], weights=weights(weighting, client_mask, kept[1].num_examples))
+        return sent, reports, aggregate
 
-    if backend == "vmap" and not pipeline.runs_on_host:
-        @jax.jit
-        def fused_round(state, client_data, client_keys, stage_states, noise, per_client):
-            updates, reports, aggregate = start(state.params, client_data, client_keys, noise, per_client)
+    if backend != "loop" and not pipeline.runs_on_host:
+        def fused_round(state, client_data, client_keys, stage_states, noise, per_client, num_clients=None):
+            updates, reports, aggregate = start(state.params, client_data, client_keys, noise, per_client,
+                                                num_clients)
             context = StageContext(server_noise_multiplier=noise.server)
             new_states, stats = [], {}
             for stage, stage_state in zip(stages, stage_states):
@@ -134,20 +147,33 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
                 stats.update(report)
             return _apply(server_optimizer, state, aggregate.mean_update), updates, reports, tuple(new_states), stats
 
+        fused_round = _compile_on(mesh, fused_round, outputs=("server", "clients", "clients", "server", "server"))
+
         def round_function(state, client_data, client_keys, stage_states, noise, per_client=None):
-            new_state, updates, reports, new_states, stats = fused_round(state, client_data, client_keys,
-                                                                         stage_states, noise, per_client)
+            (state, stage_states, noise), clients, num_clients = _place(mesh, (state, stage_states, noise),
+                                                                        (client_data, client_keys, per_client))
+            client_data, client_keys, per_client = clients
+            new_state, updates, reports, new_states, stats = fused_round(
+                state, client_data, client_keys, stage_states, noise, per_client, num_clients=num_clients)
+            new_state, new_states = to_local((new_state, new_states))
+            updates, reports = _gathered((updates, reports), num_clients)
             return RoundOutcome(new_state, updates, updates, reports, new_states, jax.device_get(stats), False)
 
         round_function.compiled_functions = (fused_round,)
         return round_function
 
-    jitted_start = jax.jit(start) if backend == "vmap" else start
+    jitted_start = start if backend == "loop" else _compile_on(mesh, start, outputs=("clients", "clients", "server"))
     stage_updates = [stage.update if stage.runs_on_host else jax.jit(stage.update) for stage in stages]
     jitted_apply = jax.jit(lambda state, mean_update: _apply(server_optimizer, state, mean_update))
 
     def round_function(state, client_data, client_keys, stage_states, noise, per_client=None):
-        updates, reports, aggregate = jitted_start(state.params, client_data, client_keys, noise, per_client)
+        (params, round_noise), clients, num_clients = _place(mesh, (state.params, noise),
+                                                             (client_data, client_keys, per_client))
+        client_data, client_keys, per_client = clients
+        updates, reports, aggregate = jitted_start(params, client_data, client_keys, round_noise, per_client,
+                                                   num_clients=num_clients)
+        updates, reports = _gathered((updates, reports), num_clients)
+        aggregate = to_local(aggregate)
         context = StageContext(server_noise_multiplier=noise.server)
         new_states, stats = list(stage_states), {}
         observed = updates
@@ -164,6 +190,30 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
     round_function.compiled_functions = tuple(
         f for f in (getattr(run_clients, "jitted_client_update", None), jitted_apply) if f is not None)
     return round_function
+
+
+def _compile_on(mesh, function, *, outputs: tuple[str, ...]):
+    """``jax.jit`` of a round part; on a mesh its outputs stay where they belong: per-client
+    results spread over the devices by client, server-side results on every device."""
+    if mesh is None:
+        return jax.jit(function, static_argnames="num_clients")
+    placed = {"clients": NamedSharding(mesh, PartitionSpec(CLIENT_AXIS)),
+              "server": NamedSharding(mesh, PartitionSpec())}
+    return jax.jit(function, static_argnames="num_clients", out_shardings=tuple(placed[kind] for kind in outputs))
+
+
+def _place(mesh, replicated, clients):
+    """The round's inputs on ``mesh``: server-side values on every device, the clients padded
+    and spread over it, with the true client count; unchanged (count ``None``) without a mesh."""
+    if mesh is None:
+        return replicated, clients, None
+    client_data = clients[0]
+    return replicate(replicated, mesh), shard_clients(clients, client_data.num_clients, mesh), client_data.num_clients
+
+
+def _gathered(per_client, num_clients):
+    """Per-client results as local arrays of the round's clients (unchanged without a mesh)."""
+    return per_client if num_clients is None else gather_clients(per_client, num_clients)
 
 
 def initial_stage_states(pipeline: ServerPipeline, key: jax.Array) -> tuple[Any, ...]:

@@ -15,11 +15,15 @@ import numpy as np
 
 from fedpriv.defenses.plans import WEIGHTINGS, PrivacyPlan, UpdateStage
 from fedpriv.defenses.server_stages import ServerPipeline
+from fedpriv.federated.checkpoints import (CheckpointMismatchError, HostParty, RoundCheckpoints, check_same,
+                                           params_sha256)
+from fedpriv.federated.client_mesh import ClientPlacement
 from fedpriv.federated.clients import CLIENT_BACKENDS
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.federated.rounds import (SERVER_OPTIMIZERS, RoundOutcome, init_server_state, initial_stage_states,
                                       make_round, make_server_optimizer)
 from fedpriv.keys import numpy_generator
+from fedpriv.progress import progress_bar
 from fedpriv.typing import ClientData, Model, Observation, Params, ProtocolMetadata
 
 logger = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ class FederatedConfig:
       weighting: ``"uniform"`` over the round's participants, or ``"examples"`` (the
         examples each client processed; refused by every DP plan: a realised sample count
         is private).
-      backend: ``"vmap"`` or ``"loop"`` (an ``impl`` choice, same numbers).
+      backend: ``"vmap"``, ``"loop"`` or ``"sharded"`` (an ``impl`` choice, same numbers).
+      placement: the backend's device count and client chunk (``impl`` choices, same numbers).
     """
 
     algorithm: str
@@ -66,6 +71,7 @@ class FederatedConfig:
     backend: str = "vmap"
     client_sampling_rate: float | None = None
     private_head: bool = False
+    placement: ClientPlacement = ClientPlacement()
 
     def __post_init__(self):
         if self.client_sampling_rate is not None:
@@ -98,6 +104,9 @@ class FederatedConfig:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         if self.backend not in CLIENT_BACKENDS:
             raise ValueError(f"backend must be one of {CLIENT_BACKENDS}, got {self.backend!r}")
+        if not isinstance(self.placement, ClientPlacement):
+            raise ValueError(f"placement must be a ClientPlacement, got {self.placement!r}")
+        self.placement.check_backend(self.backend)
 
     def protocol(self, model: Model, client_ids: tuple[int, ...]) -> ProtocolMetadata:
         """The public protocol facts an attacker of this federation knows."""
@@ -192,7 +201,12 @@ class RoundObserver(Protocol):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TrainingHooks:
-    """Host-side parties of the loop: a budget, the hospitals' model screen, round observers."""
+    """Host-side parties of the loop: a budget, the hospitals' model screen, round observers.
+
+    A party that carries state from round to round (a ledger's rounds, a screen's history,
+    an observer's file) implements :class:`fedpriv.federated.checkpoints.HostParty`, so a
+    checkpointed run resumes it; the others need nothing.
+    """
 
     budget: RoundBudget | None = None
     model_screen: ModelScreen | None = None
@@ -205,7 +219,9 @@ class TrainingResult:
 
     ``rounds_run`` is below the configured rounds when the budget ended the run;
     ``stop_reason`` then says why (empty otherwise). ``rounds_aborted`` counts rounds whose
-    secure protocol could not finish (they changed nothing).
+    secure protocol could not finish (they changed nothing). ``resumed_from_round`` is the
+    round a checkpointed run resumed at (``None``: it started at round 0), and
+    ``checkpoint_seconds`` how long the loop waited for each checkpoint this process wrote.
     """
 
     params: Params
@@ -217,6 +233,8 @@ class TrainingResult:
     private_heads: Params | None = None
     round_stats: list[dict] = dataclasses.field(default_factory=list)
     rounds_aborted: int = 0
+    resumed_from_round: int | None = None
+    checkpoint_seconds: list[float] = dataclasses.field(default_factory=list)
 
     def hospital_params(self, model: Model, client: int) -> Params:
         """The model hospital ``client`` uses: the global params, with its own head when
@@ -228,8 +246,14 @@ class TrainingResult:
 
 
 def train(federation: Federation, *, params: Params, data: RoundData, keys: TrainingKeys,
-          hooks: TrainingHooks = TrainingHooks(), observe_rounds: Collection[int] = ()) -> TrainingResult:
+          hooks: TrainingHooks = TrainingHooks(), observe_rounds: Collection[int] = (),
+          checkpoints: RoundCheckpoints | None = None) -> TrainingResult:
     """Runs ``federation.config.rounds`` rounds of federated training.
+
+    With ``checkpoints`` the loop first resumes from the newest intact checkpoint (if any),
+    then checkpoints its state before round 0, on the interval and after its last round; a
+    run killed anywhere and started again with the same arguments ends bit-identical to an
+    uninterrupted one (wall-clock seconds aside).
 
     Args:
       federation: what every round runs.
@@ -238,9 +262,13 @@ def train(federation: Federation, *, params: Params, data: RoundData, keys: Trai
       keys: the key streams.
       hooks: budget, model screen and observers.
       observe_rounds: rounds (0-based) whose updates the server records for the attacker.
+      checkpoints: the run's checkpoint folder, or ``None`` (no checkpoints).
 
     Returns:
       A ``TrainingResult``.
+
+    Raises:
+      CheckpointMismatchError: if the checkpoint to resume from was written by another run.
     """
     config = federation.config
     bad = [r for r in observe_rounds if not 0 <= r < config.rounds]
@@ -249,20 +277,21 @@ def train(federation: Federation, *, params: Params, data: RoundData, keys: Trai
     server_optimizer = make_server_optimizer(config.server_optimizer, config.server_learning_rate)
     round_function = make_round(federation.client_update(), server_optimizer, backend=config.backend,
                                 pipeline=federation.pipeline, weights=federation.plan.aggregation_weights,
-                                weighting=config.weighting)
+                                weighting=config.weighting, placement=config.placement)
     state = init_server_state(params, server_optimizer)
     stage_states = initial_stage_states(federation.pipeline, keys.server)
-    loop = _Loop(federation=federation, data=data, keys=keys, hooks=hooks, observe_rounds=set(observe_rounds))
-    heads = loop.initial_heads(params)
-    for round_index in range(config.rounds):
-        if hooks.budget is not None and (reason := hooks.budget.stop_reason(round_index)):
-            logger.info("training stopped before round %d: %s", round_index, reason)
-            loop.stop_reason = reason
-            break
-        state, stage_states, heads = loop.run_round(round_function, round_index, state, stage_states, heads)
+    loop = _Loop(federation=federation, data=data, keys=keys, hooks=hooks, observe_rounds=set(observe_rounds),
+                 checkpoints=checkpoints)
+    carried = loop.resume_or_start(params, (state, stage_states, loop.initial_heads(params)))
+    try:
+        state, stage_states, heads = loop.run_rounds(round_function, carried)
+    finally:
+        if checkpoints is not None:  # a run ended by an exception still commits the checkpoint it began
+            checkpoints.wait()
     return TrainingResult(state.params, loop.observations, loop.observed_data, loop.seconds, len(loop.seconds),
                           loop.stop_reason, private_heads=heads, round_stats=loop.stats,
-                          rounds_aborted=loop.rounds_aborted)
+                          rounds_aborted=loop.rounds_aborted, resumed_from_round=loop.resumed_from_round,
+                          checkpoint_seconds=list(checkpoints.write_seconds) if checkpoints is not None else [])
 
 
 @dataclasses.dataclass
@@ -280,6 +309,84 @@ class _Loop:
     stats: list = dataclasses.field(default_factory=list)
     stop_reason: str = ""
     rounds_aborted: int = 0
+    checkpoints: RoundCheckpoints | None = None
+    rounds_completed: int = 0
+    resumed_from_round: int | None = None
+    training_facts: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def next_round(self) -> int:
+        """The first round to run: none when a resumed run had already stopped."""
+        return self.federation.config.rounds if self.stop_reason else self.rounds_completed
+
+    def parties(self) -> dict[str, HostParty]:
+        """The host parties whose state a checkpoint holds, by their place in the loop."""
+        named = {"data": self.data, "budget": self.hooks.budget, "model_screen": self.hooks.model_screen,
+                 **{f"observers[{index}]": observer for index, observer in enumerate(self.hooks.observers)}}
+        return {name: party for name, party in named.items() if isinstance(party, HostParty)}
+
+    def run_rounds(self, round_function, carried: tuple) -> tuple:
+        """Runs the rounds left (until the budget stops them), checkpointing on the interval and
+        after the last; returns the final ``(server state, stage states, heads)``."""
+        budget, rounds = self.hooks.budget, range(self.next_round, self.federation.config.rounds)
+        with progress_bar("rounds", total=len(rounds)) as advance:  # run_round waits for each round
+            for round_index in rounds:
+                if budget is not None and (reason := budget.stop_reason(round_index)):
+                    logger.info("training stopped before round %d: %s", round_index, reason)
+                    self.stop_reason = reason
+                    break
+                carried = self.run_round(round_function, round_index, *carried)
+                self.checkpoint(carried, always=False)
+                if advance is not None:
+                    advance(1)
+        self.checkpoint(carried, always=True)
+        return carried
+
+    def resume_or_start(self, params: Params, carried: tuple) -> tuple:
+        """The carried state ``(server state, stage states, heads)`` to start from: the newest
+        checkpoint's when there is one (the loop's records and the parties restored with it),
+        else ``carried``, checkpointed as the state before round 0."""
+        if self.checkpoints is None:
+            return carried
+        config = self.federation.config
+        self.training_facts = {"rounds": config.rounds, "num_clients": self.federation.num_clients,
+                               "observe_rounds": sorted(self.observe_rounds),
+                               "initial_params_sha256": params_sha256(params)}
+        restored = self.checkpoints.latest()
+        if restored is None:
+            self.checkpoint(carried, always=True)
+            return carried
+        where = self.checkpoints.directory / str(restored.step)
+        check_same("training setup", restored.training, self.training_facts, where)
+        carried = self.restore(restored.payload, where)
+        self.rounds_completed = self.resumed_from_round = restored.step
+        logger.info("training resumes at round %d from %s", restored.step, where)
+        return carried
+
+    def checkpoint(self, carried: tuple, *, always: bool) -> None:
+        """Checkpoints the state after ``rounds_completed`` rounds when due on the interval, or ``always``."""
+        if self.checkpoints is None or not (always or self.checkpoints.due(self.rounds_completed)):
+            return
+        state, stage_states, heads = carried
+        payload = {"server_state": state, "stage_states": stage_states, "heads": heads,
+                   "observations": self.observations, "observed_data": self.observed_data, "seconds": self.seconds,
+                   "stats": self.stats, "stop_reason": self.stop_reason, "rounds_aborted": self.rounds_aborted,
+                   "parties": {name: party.checkpoint_state() for name, party in self.parties().items()}}
+        self.checkpoints.save(self.rounds_completed, payload, self.training_facts)
+
+    def restore(self, payload: dict, where) -> tuple:
+        """Puts the loop's records and the parties back as the checkpoint holds them."""
+        parties = self.parties()
+        if set(parties) != set(payload["parties"]):
+            raise CheckpointMismatchError(f"checkpoint {where} holds the state of parties "
+                                          f"{sorted(payload['parties'])}, this run has {sorted(parties)}: "
+                                          "resume with the same defenses and hooks")
+        for name, party in parties.items():
+            party.restore_state(payload["parties"][name])
+        self.observations, self.observed_data = payload["observations"], payload["observed_data"]
+        self.seconds, self.stats = payload["seconds"], payload["stats"]
+        self.stop_reason, self.rounds_aborted = payload["stop_reason"], payload["rounds_aborted"]
+        return payload["server_state"], payload["stage_states"], payload["heads"]
 
     def initial_heads(self, params: Params):
         if not self.federation.config.private_head:
@@ -317,6 +424,7 @@ class _Loop:
         logger.debug("round %d took %.3f s", round_index, self.seconds[-1])
         if round_index in self.observe_rounds:
             self.record(round_index, state.params, participating, outcome, client_data)
+        self.rounds_completed = round_index + 1
         return outcome.state, outcome.stage_states, heads
 
     def record(self, round_index: int, sent_params: Params, participating: np.ndarray, outcome, client_data) -> None:

@@ -256,6 +256,29 @@ class PrivacyLedger:
             return dp_accounting.NoOpDpEvent()
         return parts[0] if len(parts) == 1 else dp_accounting.ComposedDpEvent(parts)
 
+    # -- checkpoints ------------------------------------------------------------------
+
+    def checkpoint_state(self) -> dict:
+        """The recorded rounds and the stop record (``fedpriv.federated.checkpoints.HostParty``)."""
+        return {"rounds": [[entry.noise_multiplier, entry.sampling_rate, entry.steps] for entry in self._rounds],
+                "stop": None if self._stop is None else dataclasses.asdict(self._stop)}
+
+    def restore_state(self, state: Mapping) -> None:
+        """Replays a :meth:`checkpoint_state` into this fresh ledger.
+
+        The accounting composes the same releases in the same order as the ledger that was
+        checkpointed, so every epsilon it gives is bit-identical to that ledger's.
+
+        Raises:
+          RuntimeError: if this ledger has recorded rounds already.
+          ValueError: if a recorded round is outside its allowed range.
+        """
+        if self._rounds or self._stop is not None:
+            raise RuntimeError("restore_state needs a fresh ledger; this one has recorded rounds")
+        for noise_multiplier, sampling_rate, steps in state["rounds"]:
+            self.record_round(noise_multiplier, sampling_rate, steps)
+        self._stop = None if state["stop"] is None else BudgetExhausted(**state["stop"])
+
     # -- accounting -------------------------------------------------------------------
 
     def _resolve(self, delta, accountant) -> tuple[float, str]:

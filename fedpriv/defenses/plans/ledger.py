@@ -59,6 +59,22 @@ class PlanLedger:
             self._ledgers[key].record_round(entry.noise_multiplier, entry.sampling_rate, entry.steps)
         return ""
 
+    def checkpoint_state(self) -> dict:
+        """Each key's recorded rounds (``fedpriv.federated.checkpoints.HostParty``)."""
+        return {key: ledger.checkpoint_state() for key, ledger in self._ledgers.items()}
+
+    def restore_state(self, state) -> None:
+        """Replays a :meth:`checkpoint_state` into this fresh ledger (bit-identical epsilons).
+
+        Raises:
+          ValueError: if the checkpoint's keys are not this plan's.
+        """
+        if set(state) != set(self._ledgers):
+            raise ValueError(f"the checkpointed privacy ledger has keys {sorted(state)}, this plan's are "
+                             f"{sorted(self._ledgers)}")
+        for key, ledger in self._ledgers.items():
+            ledger.restore_state(state[key])
+
     def spent(self) -> dict:
         """The first key's ledger report (``privacy.*``) of the rounds that ran."""
         first = next(iter(self._ledgers.values()))
