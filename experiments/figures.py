@@ -76,11 +76,11 @@ def _leakage(row: dict) -> tuple[str, float]:
     return "", math.nan
 
 
-def defense_table(rows: list[dict], output: Path) -> None:
+def defense_table(rows: list[dict], output: Path) -> str:
     """One row per defense: utility, epsilon (unit), bytes per client, seconds per round, leakage.
 
-    Writes the table as Markdown beside ``output`` (same name, ``.md``) and plots leakage
-    against test accuracy, one labelled point per defense.
+    Plots leakage against test accuracy, one labelled point per defense, and returns the
+    table as Markdown.
     """
     lines = ["| defense | test accuracy | epsilon (unit) | bytes/client (x plaintext) | s/round | leakage |",
              "|---|---|---|---|---|---|"]
@@ -111,7 +111,6 @@ def defense_table(rows: list[dict], output: Path) -> None:
         lines.append(f"| {name} | {accuracy:.3f} | {epsilon_text} | {sent:,.0f} ({sent / plain:.2f}x) | "
                      f"{_number(row.get('train.seconds_per_round')):.3f} | {leak_text} |")
         points.append((name, accuracy, leak, label))
-    output.with_suffix(".md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, accuracy, leak, label in points:
         if math.isfinite(accuracy) and math.isfinite(leak):
@@ -122,8 +121,10 @@ def defense_table(rows: list[dict], output: Path) -> None:
     figure.tight_layout()
     figure.savefig(output, dpi=150)
     plt.close(figure)
+    return "\n".join(lines) + "\n"
 
 
+# Each recipe draws ``output`` from the collected rows and may return a Markdown table.
 RECIPES = {"epsilon_sweep": epsilon_sweep, "defense_table_ct": defense_table, "defense_table_ehr": defense_table}
 
 
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.csv.is_file():
         raise SystemExit(f"error: {args.csv} is not a file (make it with scripts/collect.py SWEEP_DIR)")
     output = args.output or args.csv.with_name(f"{args.experiment}.png")
-    RECIPES[args.experiment](_read(args.csv), output)
+    table = RECIPES[args.experiment](_read(args.csv), output)
+    if table:
+        output.with_suffix(".md").write_text(table)
     return output
 
 

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fedpriv.federated.checkpoints import fingerprint_sha256  # noqa: E402
 from fedpriv.public import icd10  # noqa: E402
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "dp-accounting", "numpy", "hydra-core")
@@ -44,6 +45,26 @@ def _strict_json(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def config_digest(fingerprint: dict) -> str:
+    """A short hash of a run's fingerprint (its resolved config without impl knobs): the key
+    by which a sweep recognises a job it already finished."""
+    return fingerprint_sha256(fingerprint)[:16]
+
+
+def completed_metrics(output_dir: Path, digest: str) -> dict | None:
+    """The ``metrics.json`` in ``output_dir`` when it is complete and of the config ``digest``.
+
+    ``metrics.json`` is written atomically and last, so one that parses is a finished job; a
+    killed job has none (or only ``error.json``) and runs again, as does a folder whose
+    metrics came from another config.
+    """
+    try:
+        metrics = json.loads((output_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return metrics if metrics.get("config_digest") == digest else None
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:

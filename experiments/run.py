@@ -18,9 +18,10 @@ from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
 
-from experiments.build import build_distributed, build_scenario, flat_config  # noqa: E402
-from experiments.outputs import (git_sha, objective_key, results_table, save_reconstruction_grid,  # noqa: E402
-                                 versions, write_json_atomically, write_leak_report)
+from experiments.build import build_distributed, build_scenario, flat_config, run_fingerprint  # noqa: E402
+from experiments.outputs import (completed_metrics, config_digest, git_sha, objective_key,  # noqa: E402
+                                 results_table, save_reconstruction_grid, versions, write_json_atomically,
+                                 write_leak_report)
 from fedpriv.federated.distributed import initialize_distributed, is_lead_process  # noqa: E402
 from fedpriv.scenario import run_scenario  # noqa: E402
 
@@ -32,6 +33,10 @@ def main(cfg: DictConfig) -> float:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     # JAX logs at INFO that it found no TPU on every CPU or GPU machine: not news to a user.
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    digest = config_digest(run_fingerprint(cfg))
+    if (done := completed_metrics(output_dir, digest)) is not None:  # a rerun sweep skips finished jobs
+        print(f"complete, skipped: {output_dir / 'metrics.json'} holds this config (delete it to run again)")
+        return _objective(cfg, done)
     try:
         initialize_distributed(build_distributed(cfg))  # a multi-host run joins before JAX touches a device
         scenario = build_scenario(cfg, str(output_dir))  # every config error surfaces here, before compute
@@ -41,9 +46,9 @@ def main(cfg: DictConfig) -> float:
         write_json_atomically(output_dir / "error.json", {"error": repr(error), "traceback": traceback.format_exc(),
                                                           "finished_at": time.time()})
         raise
-    metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha()}
+    metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha(), "config_digest": digest}
     if not is_lead_process():  # every process of a multi-host run holds the same results; process 0 writes them
-        return float(metrics.get(objective_key(cfg.objective, metrics), float("nan")))
+        return _objective(cfg, metrics)
     if result.truth is not None:
         save_reconstruction_grid(output_dir / "reconstruction.png", result.truth, result.reconstructed,
                                  title=f"{cfg.attack.config._target_.rsplit('.', 1)[-1].removesuffix('Config')}"
@@ -51,9 +56,17 @@ def main(cfg: DictConfig) -> float:
     if result.leaks:
         write_leak_report(output_dir / "leak.md", result.leaks, metrics["attack.kind"])
     write_json_atomically(output_dir / "metrics.json", metrics)
+    (output_dir / "error.json").unlink(missing_ok=True)  # this run supersedes an earlier failure in the folder
     print(results_table(metrics))
     print(f"outputs: {output_dir}")
-    return float(metrics.get(objective_key(cfg.objective, metrics), float("nan")))
+    return _objective(cfg, metrics)
+
+
+def _objective(cfg: DictConfig, metrics: dict) -> float:
+    try:
+        return float(metrics.get(objective_key(cfg.objective, metrics), float("nan")))
+    except (TypeError, ValueError):  # a string such as an attack status
+        return float("nan")
 
 
 if __name__ == "__main__":

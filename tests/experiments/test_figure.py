@@ -1,0 +1,84 @@
+"""One command per figure (experiments/figure.py): a preset's sweep run, skipped where complete,
+collected and drawn; a killed sweep started again loses nothing already written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments.figure import SMOKE_BUDGET, make_figure, smoke_overrides
+from experiments.figures import RECIPES
+from experiments.outputs import completed_metrics, config_digest, write_json_atomically
+
+from .conftest import REPO
+
+
+def test_a_job_is_complete_only_with_metrics_of_the_same_config(tmp_path):
+    digest = config_digest({"config.seed": 0, "config.algorithm.rounds": 2})
+    assert digest == config_digest({"config.algorithm.rounds": 2, "config.seed": 0})  # order-free
+    assert digest != config_digest({"config.seed": 1, "config.algorithm.rounds": 2})
+    assert completed_metrics(tmp_path, digest) is None  # nothing written yet: run it
+    (tmp_path / "metrics.json").write_text('{"config_digest": "')  # torn by a kill: run it again
+    assert completed_metrics(tmp_path, digest) is None
+    write_json_atomically(tmp_path / "metrics.json", {"config_digest": "another", "x": 1.0})
+    assert completed_metrics(tmp_path, digest) is None  # another config's results: run it again
+    write_json_atomically(tmp_path / "metrics.json", {"config_digest": digest, "x": 1.0})
+    assert completed_metrics(tmp_path, digest)["x"] == 1.0
+
+
+def test_an_unknown_figure_is_refused_before_any_job(tmp_path):
+    with pytest.raises(SystemExit, match=r"NAME must be a preset with a plot recipe, one of \["):
+        make_figure("no_such_figure", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_smoke_budget_applies_only_keys_the_preset_has():
+    image = dict(override.split("=", 1) for override in smoke_overrides("epsilon_sweep"))
+    codes = dict(override.split("=", 1) for override in smoke_overrides("defense_table_ehr"))
+    assert image["attack.config.iterations"] == SMOKE_BUDGET["attack.config.iterations"]
+    assert "data.cohort.image_size" in image and "data.cohort.image_size" not in codes  # EHR has no images
+    assert codes["algorithm.rounds"] == "2"
+
+
+def _figure_command(name: str, figures_dir) -> list[str]:
+    return [sys.executable, "-m", "experiments.figure", name, "--smoke", "--figures-dir", str(figures_dir)]
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_without_losing_finished_jobs(tmp_path):
+    jobs = tmp_path / "epsilon_sweep-smoke" / "jobs"
+    process = subprocess.Popen(_figure_command("epsilon_sweep", tmp_path), cwd=REPO, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list(jobs.glob("*/metrics.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = {path: path.read_bytes() for path in jobs.glob("*/metrics.json")}
+    assert 1 <= len(finished) < 6, "the kill should land mid-sweep"
+
+    rerun = subprocess.run(_figure_command("epsilon_sweep", tmp_path), cwd=REPO, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("complete, skipped") == len(finished)
+    for path, content in finished.items():
+        assert path.read_bytes() == content, f"{path} was run again"
+    assert len(list(jobs.glob("*/metrics.json"))) == 6
+    for suffix in ("png", "csv", "md"):
+        assert (tmp_path / f"epsilon_sweep-smoke.{suffix}").stat().st_size > 0
+    digests = {json.loads(path.read_text())["config_digest"] for path in jobs.glob("*/metrics.json")}
+    assert len(digests) == 6  # one config per job
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(RECIPES) - {"epsilon_sweep"}))  # epsilon_sweep: the kill test
+def test_every_figure_preset_runs_on_a_smoke_budget(name, tmp_path):
+    png = make_figure(name, tmp_path, smoke=True)
+    assert png.stat().st_size > 0
+    table = (tmp_path / f"{name}-smoke.md").read_text()
+    assert "| job | status |" in table and "failed" not in table
