@@ -334,7 +334,8 @@ def score_reconstruction(reconstruction: Reconstruction, truth: RoundTruth) -> S
 
 def _baseline_summary(baseline, scores: dict, name: str) -> dict:
     """The prior guess's scores on the same records, and what the attack gained over it."""
-    summary = record_scores.summarise(np.concatenate([b[0] for b in baseline]), np.concatenate([b[1] for b in baseline]))
+    psnr_db, ssim_values = (np.concatenate(column) for column in zip(*baseline))
+    summary = record_scores.summarise(psnr_db, ssim_values)
     results = {f"attack.baseline_{key}": value for key, value in summary.items()}
     results.update({"attack.baseline": name,
                     "attack.psnr_gain_db": scores["attack.psnr_db"] - summary["psnr_db"],

@@ -27,6 +27,7 @@ def test_notes_are_paired_and_shared_words_bold(tmp_path):
     assert "2. true: no lesion\n   recovered: (nothing)" in text
 
 
+@pytest.mark.slow  # 13-16 s beside the suite; the writer is tested above without a run
 def test_the_ehr_scenario_reports_each_victims_codes():
     result = run_smoke(EHR_SMOKE)
     assert result.leaks and result.truth is None

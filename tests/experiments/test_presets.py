@@ -119,13 +119,17 @@ def test_every_option_composes(group, option, data_paths):
 
 
 # The presets whose smoke run takes 8-54 s (pytest-xdist, 2 cores): checked by `pytest -m slow` (their
-# models and attacks have their own fast tests under tests/models and tests/attacks).
+# models and attacks have their own fast tests under tests/models and tests/attacks; the backends
+# theirs under tests/federated; compression, secure aggregation and the imprint their scenario runs
+# in test_defense_runs.py; the noise schedules theirs in test_privacy_schedules.py).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
                 ("defense", "tiered_dp_sgd"), ("model", "transformer"), ("defense", "audited_dp_sgd"),
                 ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
-                ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay")}
+                ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay"),
+                ("impl", "sharded"), ("impl", "vmap"), ("defense", "quantization"), ("defense", "secure_aggregation"),
+                ("attack", "imprint"), ("privacy", "linear_decay")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]
@@ -251,7 +255,16 @@ def test_mlp_smoke_has_the_hand_counted_parameters():
     assert run_smoke({}).metrics["model.num_params"] == 16 * 16 * 256 + 256 + 256 * 4 + 4
 
 
-@pytest.mark.parametrize("option", group_options("experiment"))
+# Building every job of a 15-defense sweep takes 10-12 s: the CT table stays in the default run,
+# the EHR table (the same defenses; its data kind is covered by the data=ehr smoke) under -m slow.
+SLOW_SWEEP_BUILDS = {"defense_table_ehr"}
+
+
+SWEEP_PARAMS = [pytest.param(option, marks=[pytest.mark.slow] if option in SLOW_SWEEP_BUILDS else [])
+                for option in group_options("experiment")]
+
+
+@pytest.mark.parametrize("option", SWEEP_PARAMS)
 def test_experiment_presets_define_sweeps_that_build(option, tmp_path):
     from experiments.figures import RECIPES
 
