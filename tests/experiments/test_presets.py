@@ -121,7 +121,8 @@ def test_every_option_composes(group, option, data_paths):
 # The presets whose smoke run takes 8-54 s (pytest-xdist, 2 cores): checked by `pytest -m slow` (their
 # models and attacks have their own fast tests under tests/models and tests/attacks; the backends
 # theirs under tests/federated; compression, secure aggregation and the imprint their scenario runs
-# in test_defense_runs.py; the noise schedules theirs in test_privacy_schedules.py).
+# in test_defense_runs.py, partitioning the very same run there; the noise schedules theirs in
+# test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
@@ -129,7 +130,7 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
                 ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay"),
                 ("impl", "sharded"), ("impl", "vmap"), ("defense", "quantization"), ("defense", "secure_aggregation"),
-                ("attack", "imprint"), ("privacy", "linear_decay")}
+                ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]
