@@ -47,6 +47,7 @@ MEMORISING = {"algorithm": "fedavg", "algorithm.rounds": "100", "algorithm.local
               "data.partition.scheme": "iid"}
 
 
+@pytest.mark.slow  # 18 s; LiRA's power on a memorising model is unit-tested in tests/attacks/test_membership.py
 def test_a_non_private_run_that_memorises_shows_membership_with_an_interval_above_one_half():
     metrics = run_smoke({**AUDITABLE, **MEMORISING}).metrics
     assert metrics["membership.records_scored"] >= 60

@@ -122,7 +122,8 @@ def test_every_option_composes(group, option, data_paths):
 # models and attacks have their own fast tests under tests/models and tests/attacks; the backends
 # theirs under tests/federated; compression, secure aggregation and the imprint their scenario runs
 # in test_defense_runs.py, partitioning the very same run there; the noise schedules theirs in
-# test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py).
+# test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py; CKKS its own in
+# tests/defenses).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
@@ -130,7 +131,8 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("defense", "dp_sgd"), ("defense", "dp_fedavg"), ("impl", "loop"), ("data", "medmnist_npz"),
                 ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay"),
                 ("impl", "sharded"), ("impl", "vmap"), ("defense", "quantization"), ("defense", "secure_aggregation"),
-                ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice")}
+                ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice"),
+                ("defense", "homomorphic")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]
