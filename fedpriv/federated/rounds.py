@@ -125,7 +125,6 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
         raise ValueError(f"client backend must be one of {CLIENT_BACKENDS}, got {backend!r}")
     run_clients = for_each_client(client_update, backend, placement)
     mesh = getattr(run_clients, "mesh", None)
-    stages = pipeline.stages
 
     def start(params, client_data, client_keys, noise: RoundNoise, per_client, num_clients=None):
         sent, reports = run_clients(params, client_data, client_keys, noise.local, per_client)
@@ -136,34 +135,44 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
         return sent, reports, aggregate
 
     if backend != "loop" and not pipeline.runs_on_host:
-        def fused_round(state, client_data, client_keys, stage_states, noise, per_client, num_clients=None):
-            updates, reports, aggregate = start(state.params, client_data, client_keys, noise, per_client,
-                                                num_clients)
-            context = StageContext(server_noise_multiplier=noise.server)
-            new_states, stats = [], {}
-            for stage, stage_state in zip(stages, stage_states):
-                aggregate, stage_state, report = stage.update(aggregate, stage_state, context)
-                new_states.append(stage_state)
-                stats.update(report)
-            return _apply(server_optimizer, state, aggregate.mean_update), updates, reports, tuple(new_states), stats
+        return _fused_round(start, mesh, pipeline, server_optimizer)
+    return _staged_round(start, run_clients, mesh, pipeline, server_optimizer, compile_start=backend != "loop")
 
-        fused_round = _compile_on(mesh, fused_round, outputs=("server", "clients", "clients", "server", "server"))
 
-        def round_function(state, client_data, client_keys, stage_states, noise, per_client=None):
-            (state, stage_states, noise), clients, num_clients = _place(mesh, (state, stage_states, noise),
-                                                                        (client_data, client_keys, per_client))
-            client_data, client_keys, per_client = clients
-            new_state, updates, reports, new_states, stats = fused_round(
-                state, client_data, client_keys, stage_states, noise, per_client, num_clients=num_clients)
-            new_state, new_states = to_local((new_state, new_states))
-            updates, reports = _gathered((updates, reports), num_clients)
-            return RoundOutcome(new_state, updates, updates, reports, new_states, jax.device_get(stats), False)
+def _fused_round(start, mesh, pipeline: ServerPipeline, server_optimizer) -> RoundFunction:
+    """The whole round as one jitted call: clients, every (traceable) stage, the server step."""
+    def fused_round(state, client_data, client_keys, stage_states, noise, per_client, num_clients=None):
+        updates, reports, aggregate = start(state.params, client_data, client_keys, noise, per_client, num_clients)
+        context = StageContext(server_noise_multiplier=noise.server)
+        new_states, stats = [], {}
+        for stage, stage_state in zip(pipeline.stages, stage_states):
+            aggregate, stage_state, report = stage.update(aggregate, stage_state, context)
+            new_states.append(stage_state)
+            stats.update(report)
+        return _apply(server_optimizer, state, aggregate.mean_update), updates, reports, tuple(new_states), stats
 
-        round_function.compiled_functions = (fused_round,)
-        return round_function
+    fused_round = _compile_on(mesh, fused_round, outputs=("server", "clients", "clients", "server", "server"))
 
-    jitted_start = start if backend == "loop" else _compile_on(mesh, start, outputs=("clients", "clients", "server"))
-    stage_updates = [stage.update if stage.runs_on_host else jax.jit(stage.update) for stage in stages]
+    def round_function(state, client_data, client_keys, stage_states, noise, per_client=None):
+        (state, stage_states, noise), clients, num_clients = _place(mesh, (state, stage_states, noise),
+                                                                    (client_data, client_keys, per_client))
+        client_data, client_keys, per_client = clients
+        new_state, updates, reports, new_states, stats = fused_round(
+            state, client_data, client_keys, stage_states, noise, per_client, num_clients=num_clients)
+        new_state, new_states = to_local((new_state, new_states))
+        updates, reports = _gathered((updates, reports), num_clients)
+        return RoundOutcome(new_state, updates, updates, reports, new_states, jax.device_get(stats), False)
+
+    round_function.compiled_functions = (fused_round,)
+    return round_function
+
+
+def _staged_round(start, run_clients, mesh, pipeline: ServerPipeline, server_optimizer, *,
+                  compile_start: bool) -> RoundFunction:
+    """Clients, each stage and the server step as separate calls (host stages run on NumPy
+    in between); a protocol that aborts ends the round with nothing changed."""
+    jitted_start = _compile_on(mesh, start, outputs=("clients", "clients", "server")) if compile_start else start
+    stage_updates = [stage.update if stage.runs_on_host else jax.jit(stage.update) for stage in pipeline.stages]
     jitted_apply = jax.jit(lambda state, mean_update: _apply(server_optimizer, state, mean_update))
 
     def round_function(state, client_data, client_keys, stage_states, noise, per_client=None):
@@ -177,7 +186,7 @@ def make_round(client_update: ClientUpdate, server_optimizer: optax.GradientTran
         context = StageContext(server_noise_multiplier=noise.server)
         new_states, stats = list(stage_states), {}
         observed = updates
-        for index, (stage, update) in enumerate(zip(stages, stage_updates)):
+        for index, (stage, update) in enumerate(zip(pipeline.stages, stage_updates)):
             aggregate, new_states[index], report = update(aggregate, stage_states[index], context)
             stats.update(jax.device_get(report))
             if stage is pipeline.protocol and pipeline.observes_aggregate:
