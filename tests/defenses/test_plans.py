@@ -219,3 +219,13 @@ def test_dp_sgd_report_matches_dp_accounting_for_the_configured_run():
     assert plan.report()["privacy.epsilon_rdp"] == pytest.approx(
         accountant.epsilon_for(event, delta=DELTA, accountant="rdp"), rel=1e-12)
     assert plan.report()["privacy.steps"] == SHAPE.rounds * SHAPE.local_steps
+
+
+def test_an_untiered_poisson_plan_samples_records_of_every_tier_at_its_one_rate():
+    # EHR records carry tier ids 0-2 even when the plan is plain DP-SGD (one rate for all).
+    from fedpriv.defenses.plans import BatchSampling
+    untiered = BatchSampling(kind="poisson", capacity=4, tier_rates=(0.05,))
+    np.testing.assert_array_equal(untiered.record_rates(np.array([0, 2, 1, 0])), [0.05] * 4)
+    tiered = BatchSampling(kind="poisson", capacity=4, tier_rates=(0.05, 0.02, 0.01))
+    np.testing.assert_array_equal(tiered.record_rates(np.array([0, 2, 1])), [0.05, 0.01, 0.02])
+    assert BatchSampling(kind="shuffle", capacity=4).record_rates(np.array([0, 1])) is None

@@ -111,7 +111,10 @@ class BatchSampling:
         """``[N]`` each record's Poisson rate from its tier id, or ``None`` when shuffling."""
         if self.kind != "poisson":
             return None
-        return np.asarray(self.tier_rates, np.float64)[np.asarray(record_tiers)]
+        record_tiers = np.asarray(record_tiers)
+        if len(self.tier_rates) == 1:  # an untiered plan samples every record alike, whatever its tier
+            return np.full(record_tiers.shape, self.tier_rates[0], np.float64)
+        return np.asarray(self.tier_rates, np.float64)[record_tiers]
 
 
 @jax.tree_util.register_dataclass
