@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
 import time
 import traceback
@@ -45,6 +47,8 @@ def main(cfg: DictConfig) -> float:
         # The job's own folder records the failure; other sweep jobs' results are untouched.
         write_json_atomically(output_dir / "error.json", {"error": repr(error), "traceback": traceback.format_exc(),
                                                           "finished_at": time.time()})
+        if os.environ.get("HYDRA_FULL_ERROR") != "1" and (line := config_error_line(error)) is not None:
+            raise SystemExit(line) from None  # one line naming the field; the traceback is in error.json
         raise
     metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha(), "config_digest": digest}
     if not is_lead_process():  # every process of a multi-host run holds the same results; process 0 writes them
@@ -60,6 +64,20 @@ def main(cfg: DictConfig) -> float:
     print(results_table(metrics))
     print(f"outputs: {output_dir}")
     return _objective(cfg, metrics)
+
+
+def config_error_line(error: BaseException) -> str | None:
+    """``error: FIELD: what is wrong`` for a config error (a ``ValueError``, possibly wrapped by
+    Hydra's instantiation, which names the config node in ``full_key``); ``None`` otherwise."""
+    cause = error
+    while not isinstance(cause, ValueError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if not isinstance(cause, ValueError):
+        return None
+    node = re.search(r"full_key: (\S+)", str(error))
+    if node is None or node.group(1) in str(cause):
+        return f"error: {cause}"
+    return f"error: {node.group(1)}: {cause}"
 
 
 def _objective(cfg: DictConfig, metrics: dict) -> float:

@@ -16,6 +16,7 @@ import pytest
 from hydra.errors import HydraException, MissingConfigException
 
 from experiments.build import build_scenario
+from experiments.run import config_error_line
 from fedpriv.scenario import run_scenario
 
 from .conftest import compose_config, compose_smoke, group_options, groups
@@ -51,6 +52,14 @@ def check_message(error: BaseException, patterns) -> str:
     for pattern in patterns:
         assert re.search(pattern, message), f"{pattern!r} not in {message!r}"
     return message
+
+
+def test_a_config_error_is_one_line_naming_the_field():
+    cfg = compose_smoke({"attack.config.iterations": "-3"})
+    with pytest.raises(Exception) as caught:
+        build_scenario(cfg)
+    assert config_error_line(caught.value) == "error: attack.config: iterations must be an integer >= 1, got -3"
+    assert config_error_line(RuntimeError("a crash, not a config error")) is None
 
 
 # -- config groups and values ------------------------------------------------------------------
