@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -124,8 +125,102 @@ def defense_table(rows: list[dict], output: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class Curves:
+    """A recipe: each metric against one swept column, one line per value of another, as the
+    mean over seeds with a band of one standard deviation; the table lists mean ± sd and n.
+
+    Attributes:
+      x: the swept column on the x axis (a ``config.*`` key or a metric).
+      metrics: ``(column, label)`` per panel; columns no job reported are left out.
+      series: the column that splits lines, or ``None`` for one line.
+      log_x: a logarithmic x axis.
+    """
+
+    x: str
+    metrics: tuple[tuple[str, str], ...]
+    series: str | None = None
+    log_x: bool = False
+
+    def __call__(self, rows: list[dict], output: Path) -> str:
+        panels = [(key, label) for key, label in self.metrics if any(math.isfinite(_number(r.get(key))) for r in rows)]
+        groups = defaultdict(list)  # (series value, x) -> rows, one per seed
+        for row in rows:
+            groups[(row.get(self.series, "") if self.series else "", _sort_key(row.get(self.x)))].append(row)
+        figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 3.0), squeeze=False)
+        for axis, (key, label) in zip(axes[0], panels):
+            for series in sorted({s for s, _ in groups}, key=_sort_key):
+                points = sorted((x, _spread([_number(r.get(key)) for r in groups[(series, x)]]))
+                                for s, x in groups if s == series)
+                points = [(x, m, sd) for x, (m, sd, _) in points if math.isfinite(m) and isinstance(x, float)]
+                if points:
+                    xs, means, sds = (list(column) for column in zip(*points))
+                    axis.plot(xs, means, "o-", label=f"{_short(self.series)}={series}" if self.series else None)
+                    axis.fill_between(xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)],
+                                      alpha=0.2)
+            axis.set_xscale("log" if self.log_x else "linear")
+            axis.set_xlabel(_short(self.x))
+            axis.set_ylabel(label)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=6)
+        figure.tight_layout()
+        figure.savefig(output, dpi=150)
+        plt.close(figure)
+        return self._table(groups, panels)
+
+    def _table(self, groups: dict, panels) -> str:
+        head = ([_short(self.series)] if self.series else []) + [_short(self.x), "n"] + [label for _, label in panels]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for series, x in sorted(groups, key=lambda key: (_sort_key(key[0]), key[1])):
+            rows = groups[(series, x)]
+            cells = [f"{m:.3g} ± {sd:.2g}" if math.isfinite(m) else "n/a"
+                     for m, sd, _ in (_spread([_number(r.get(key)) for r in rows]) for key, _ in panels)]
+            lines.append("| " + " | ".join(([str(series)] if self.series else []) + [_cell(x), str(len(rows))]
+                                          + cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _sort_key(value):
+    """Numbers sort as numbers (and plot on a numeric axis), anything else as text."""
+    number = _number(value)
+    return number if math.isfinite(number) else str(value)
+
+
+def _spread(values) -> tuple[float, float, int]:
+    """Mean, standard deviation and count of the finite values (NaN, 0, 0 without any)."""
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return math.nan, 0.0, 0
+    mean = sum(finite) / len(finite)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / len(finite)), len(finite)
+
+
+def _short(key: str | None) -> str:
+    return (key or "").removeprefix("config.")
+
+
+def _cell(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+LEAKAGE_AND_UTILITY = (("attack.psnr_db", "attack PSNR (dB)"), ("attack.ssim", "attack SSIM"),
+                       ("attack.recognisable_share", "share recognisable (SSIM >= 0.6)"),
+                       ("utility.test_accuracy", "test accuracy"))
+
 # Each recipe draws ``output`` from the collected rows and may return a Markdown table.
-RECIPES = {"epsilon_sweep": epsilon_sweep, "defense_table_ct": defense_table, "defense_table_ehr": defense_table}
+RECIPES = {
+    "epsilon_sweep": epsilon_sweep,
+    "defense_table_ct": defense_table,
+    "defense_table_ehr": defense_table,
+    "batch_and_local_steps": Curves(x="config.algorithm.batch_size", series="config.algorithm.local_steps",
+                                    metrics=LEAKAGE_AND_UTILITY, log_x=True),
+    "partition_skew": Curves(x="config.data.partition.alpha", series="config.data.partition.num_clients",
+                             metrics=LEAKAGE_AND_UTILITY, log_x=True),
+    "noise_schedules": Curves(x="config.privacy.schedule.kind", metrics=(
+        ("privacy.epsilon", "epsilon"), *LEAKAGE_AND_UTILITY)),
+    "he_overhead": Curves(x="model.num_params", series="config.defense.name", log_x=True, metrics=(
+        ("cost.bytes_per_client", "bytes per hospital per round"), ("train.seconds_per_round", "seconds per round"))),
+}
 
 
 def main(argv: list[str] | None = None) -> Path:

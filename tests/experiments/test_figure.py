@@ -82,3 +82,19 @@ def test_every_figure_preset_runs_on_a_smoke_budget(name, tmp_path):
     assert png.stat().st_size > 0
     table = (tmp_path / f"{name}-smoke.md").read_text()
     assert "| job | status |" in table and "failed" not in table
+
+
+def test_a_curve_recipe_averages_seeds_per_point_and_tabulates_mean_and_spread(tmp_path):
+    from experiments.figures import Curves
+
+    rows = [{"config.algorithm.batch_size": str(batch), "config.algorithm.local_steps": "1", "seed": str(seed),
+             "attack.psnr_db": str(20.0 / batch + seed)} for batch in (1, 4) for seed in (0, 2)]
+    rows.append({"config.algorithm.batch_size": "4", "config.algorithm.local_steps": "1", "attack.psnr_db": "nan"})
+    recipe = Curves(x="config.algorithm.batch_size", series="config.algorithm.local_steps",
+                    metrics=(("attack.psnr_db", "PSNR"), ("attack.code_f1", "code F1")))
+    table = recipe(rows, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    lines = table.splitlines()
+    assert lines[0] == "| algorithm.local_steps | algorithm.batch_size | n | PSNR |"  # code F1: never reported
+    # batch 1: seeds give 20 and 22 -> 21 ± 1; batch 4: 5 and 7 (the NaN job counts in n, not in the mean)
+    assert lines[2:] == ["| 1 | 1 | 2 | 21 ± 1 |", "| 1 | 4 | 3 | 6 ± 1 |"]
