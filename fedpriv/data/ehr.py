@@ -33,7 +33,7 @@ import numpy as np
 import scipy.special
 
 from fedpriv.data._validation import check_generator, check_int, check_positive_float
-from fedpriv.public import icd10
+from fedpriv.public import code_edits, icd10
 
 # Per-subtype parameters, in the order of icd10.SUBTYPE_NAMES:
 # breast, lung, colorectal, prostate, lymphoma, pancreas, melanoma, bladder.
@@ -274,10 +274,10 @@ def make_ehr_cohort(config: EHRCohortConfig, generator: np.random.Generator) -> 
     anaemic = labs[:, _lab_index("HEMOGLOBIN")] < _lab_spec("HEMOGLOBIN").low
     columns.append((np.full(n, vocabulary.id("D63.0")), anaemic & (generator.random(n) < 0.5)))
     columns.append(_second_cancer_codes(labels, male, primary, vocabulary, generator))
-    background = _background_codes()
     num_background = np.minimum(generator.poisson(config.mean_background_codes, size=n), _MAX_BACKGROUND)
     for slot in range(_MAX_BACKGROUND):
-        columns.append((background[generator.integers(background.size, size=n)], num_background > slot))
+        columns.append((_draw_from_table([_background_codes()], np.zeros(n, np.int64), male, generator),
+                        num_background > slot))
     codes = _expand(columns, config.max_codes)
     return EHRCohort(codes=codes, labels=labels.astype(np.int32), comorbidities=comorbidities,
                      age=age.astype(np.float32), sex=male, labs=labs, site=site.astype(np.int32),
@@ -364,22 +364,23 @@ def _sex_compatible_leaves() -> list[list[np.ndarray]]:
     table = []
     for subtype in icd10.SUBTYPE_NAMES:
         leaves = icd10.cancer_subtype_leaves(subtype)
-        words = [icd10.description(code).lower() for code in leaves]
-        female_only = np.array(["female" in w for w in words])
-        male_only = np.array([" male" in w and not female_only[i] for i, w in enumerate(words)])
         ids = vocabulary.ids(leaves)
-        table.append([ids[~male_only], ids[~female_only]])
+        table.append([ids[[code_edits.fits_sex(code, male=False) for code in leaves]],
+                      ids[[code_edits.fits_sex(code, male=True) for code in leaves]]])
     return table
 
 
 @functools.lru_cache(maxsize=1)
-def _background_codes() -> np.ndarray:
-    """Codes unrelated to the modelled diagnoses, so background noise never contradicts a target."""
+def _background_codes() -> list[np.ndarray]:
+    """``table[sex]``: codes unrelated to the modelled diagnoses (so background noise never
+    contradicts a target) that a patient of that sex and an adult's age may carry (MCE edits)."""
     vocabulary = icd10.public_vocabulary()
     modelled = {code[:3] for _, leaves, _, _ in COMORBIDITIES for code in leaves}
     categories = np.array([token[:3] for token in vocabulary.tokens])
-    return np.flatnonzero(vocabulary.is_code & (vocabulary.subtype < 0)
-                          & ~np.isin(categories, sorted(modelled))).astype(np.int32)
+    unrelated = np.flatnonzero(vocabulary.is_code & (vocabulary.subtype < 0) & ~np.isin(categories, sorted(modelled)))
+    adult = [i for i in unrelated if not code_edits.age_restricted(vocabulary.token(i))]
+    return [np.array([i for i in adult if code_edits.fits_sex(vocabulary.token(i), male=bool(male))], np.int32)
+            for male in (0, 1)]
 
 
 def _draw_from_table(table, labels, male, generator) -> np.ndarray:

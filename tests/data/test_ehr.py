@@ -128,3 +128,16 @@ def test_cohort_validates_and_builds_round_data(cohort):
     multi = build_round_data(small.codes, small.comorbidities, partition, local_steps=2, batch_size=5,
                              sampling="shuffle", generator=np.random.default_rng(0))
     assert multi.examples["y"].shape == (2, 2, 5, len(small.comorbidity_names))
+
+
+def test_no_record_carries_a_code_its_sex_or_age_excludes():
+    # The CMS MCE sex and age edits (fedpriv.public.code_edits): e.g. no cervix code in a man,
+    # no prostate code in a woman, no perinatal or pregnancy code in these adults.
+    from fedpriv.public import code_edits
+
+    cohort = make_ehr_cohort(EHRCohortConfig(num_records=1000), np.random.default_rng(3))
+    tokens = np.array(cohort.vocabulary.tokens)
+    for row, male in zip(cohort.codes, cohort.sex):
+        codes = [str(code) for code in tokens[row[row > 0]] if cohort.vocabulary.is_code[cohort.vocabulary.id(code)]]
+        assert all(code_edits.fits_sex(code, male=bool(male)) for code in codes), (codes, male)
+        assert not any(code_edits.age_restricted(code) for code in codes), codes
