@@ -29,13 +29,14 @@ from fedpriv.attacks._optimiser import make_runner, run_candidates
 from fedpriv.attacks.common import (cosine_distance, observed_part, squared_distance, total_variation,
                                     validate_observation)
 from fedpriv.attacks.labels import attack_labels
+from fedpriv.attacks.probing import ProbingConfig, class_prototypes, prototype_start
 from fedpriv.attacks.protocol import Attack, PublicKnowledge, SideKnowledge
 from fedpriv.federated.local_sgd import LocalTrainingConfig, make_client_update
 from fedpriv.typing import Model, Observation, ProtocolMetadata, Reconstruction
 
 DISTANCES = ("cosine", "l2")
-INITIALISATIONS = ("uniform", "normal", "public_mean")
-# Half-width of the uniform jitter around the public mean, so restarts start apart.
+INITIALISATIONS = ("uniform", "normal", "public_mean", "prototype")
+# Half-width of the uniform jitter around the public mean or prototype, so restarts start apart.
 PUBLIC_MEAN_JITTER = 0.1
 LABEL_STRATEGIES = ("known", "idlg", "counts")
 ATTACK_LOOPS = ("host", "scan")
@@ -58,7 +59,12 @@ class InvertingGradientsConfig:
       box: ``(low, high)`` pixel range enforced after every step, or ``None``.
       init: ``"uniform"`` in the box, standard ``"normal"``, or ``"public_mean"``: the
         mean of the attacker's public images (other patients, never the cohort's) plus
-        uniform jitter of +-``PUBLIC_MEAN_JITTER``, the prior an attacker on CT slices has.
+        uniform jitter of +-``PUBLIC_MEAN_JITTER``, the prior an attacker on CT slices has, or
+        ``"prototype"``: the class prototype of each slot's label, inverted from the observed
+        global model (``fedpriv.attacks.probing``), plus the same jitter.
+      prototype: how class prototypes are inverted (``init="prototype"`` or a prior term).
+      prototype_weight: weight of the mean squared distance to each slot's prototype added
+        to the objective (0: no prior term).
       label_strategy: ``"known"`` (labels given as side knowledge), ``"idlg"`` (batch of
         one) or ``"counts"`` (iLRG-style label counts of a FedSGD batch).
       record_every: record the objective every this many iterations.
@@ -73,19 +79,26 @@ class InvertingGradientsConfig:
     step_decay: bool = True
     box: tuple[float, float] | None = (0.0, 1.0)
     init: str = "uniform"
+    prototype: ProbingConfig = ProbingConfig()
+    prototype_weight: float = 0.0
     label_strategy: str = "idlg"
     record_every: int = 10
 
     kind: ClassVar[str] = "images"
 
     @property
+    def uses_prototypes(self) -> bool:
+        return self.init == "prototype" or self.prototype_weight > 0
+
+    @property
     def needs_public_images(self) -> bool:
-        return self.init == "public_mean"
+        return self.init == "public_mean" or (self.uses_prototypes and self.prototype.start == "public_mean")
 
     def make(self, model: Model, public: PublicKnowledge) -> Attack:
         """The attack on ``model``'s observed updates (see ``fedpriv.attacks.protocol``)."""
         if self.needs_public_images and public.images is None:
-            raise ValueError("attack.config.init 'public_mean' needs the attacker's public images")
+            raise ValueError(f"attack.config.init {self.init!r} (prototype start {self.prototype.start!r}) needs "
+                             "the attacker's public images")
         public_mean = None if public.images is None else np.mean(public.images, axis=0)
 
         def recover(observation, key, victims, side: SideKnowledge):
@@ -105,6 +118,10 @@ class InvertingGradientsConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         if not self.tv_weight >= 0:
             raise ValueError(f"tv_weight must be >= 0, got {self.tv_weight!r}")
+        if not self.prototype_weight >= 0:
+            raise ValueError(f"attack.config.prototype_weight must be >= 0, got {self.prototype_weight!r}")
+        if isinstance(self.prototype, dict):  # a YAML mapping without _target_
+            object.__setattr__(self, "prototype", ProbingConfig(**self.prototype))
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {self.distance!r}")
         if self.init not in INITIALISATIONS:
@@ -177,7 +194,20 @@ def make_gradient_matching_objective(model: Model, metadata: ProtocolMetadata, *
 
 
 def _make_objective(model: Model, metadata: ProtocolMetadata, config: InvertingGradientsConfig):
-    return make_gradient_matching_objective(model, metadata, distance=config.distance, tv_weight=config.tv_weight)
+    """``objective(inputs, labels, target, anchor, params)``: gradient matching, plus the
+    mean squared distance to ``anchor`` (the slot's class prototype) when
+    ``config.prototype_weight > 0``; without it ``anchor`` is ``None`` and unused, so the
+    program is the one of plain Inverting Gradients."""
+    matching = make_gradient_matching_objective(model, metadata, distance=config.distance,
+                                                tv_weight=config.tv_weight)
+    if config.prototype_weight == 0:
+        return lambda inputs, labels, target, anchor, params: matching(inputs, labels, target, params)
+
+    def anchored(inputs, labels, target, anchor, params):
+        value, distance = matching(inputs, labels, target, params)
+        return value + config.prototype_weight * jnp.mean((inputs - anchor) ** 2), distance
+
+    return anchored
 
 
 @functools.lru_cache(maxsize=16)
@@ -191,8 +221,8 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: Inverti
 
     def step(state, candidate, params):
         inputs, optimizer_state = state
-        labels_, target = candidate
-        (value, _), gradient = jax.value_and_grad(objective, has_aux=True)(inputs, labels_, target, params)
+        labels_, target, anchor = candidate
+        (value, _), gradient = jax.value_and_grad(objective, has_aux=True)(inputs, labels_, target, anchor, params)
         if config.signed_gradients:
             gradient = jnp.sign(gradient)
         updates, optimizer_state = optimizer.update(gradient, optimizer_state, inputs)
@@ -201,7 +231,7 @@ def _compiled_programs(model: Model, metadata: ProtocolMetadata, config: Inverti
 
     return types.SimpleNamespace(
         optimizer=optimizer, low=low, high=high, runner=make_runner(step, compilation),
-        evaluate=jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, None))))
+        evaluate=jax.jit(jax.vmap(objective, in_axes=(0, 0, 0, 0, None))))
 
 
 def invert_gradients(observation: Observation, model: Model, config: InvertingGradientsConfig,
@@ -218,7 +248,8 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
       victims: positions of the victims on the observed client axis.
       labels: ``[V, S, B]`` labels when ``config.label_strategy == "known"``.
       compilation: how loops and the candidate axis are compiled.
-      public_mean: ``input_shape`` mean public image, needed by ``init="public_mean"``.
+      public_mean: ``input_shape`` mean public image, needed by ``init="public_mean"`` and
+        by prototypes that start from it.
 
     Returns:
       A ``Reconstruction`` with the best restart per victim.
@@ -245,27 +276,21 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
     candidate_victim = np.repeat(np.arange(len(victims)), config.restarts)
     num_candidates = candidate_victim.size
     input_shape = (*data_shape, *metadata.input_shape)
-    init_keys = jax.random.split(key, num_candidates)
-    if config.init == "public_mean":
-        if public_mean is None or tuple(np.shape(public_mean)) != tuple(metadata.input_shape):
-            raise ValueError(f"init 'public_mean' needs public_mean of shape {tuple(metadata.input_shape)}, got "
-                             f"{None if public_mean is None else np.shape(public_mean)}")
-        jitter = jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=-PUBLIC_MEAN_JITTER,
-                                                       maxval=PUBLIC_MEAN_JITTER))(init_keys)
-        initial = jnp.clip(jnp.asarray(public_mean, jnp.float32) + jitter, low, high)
-    elif config.init == "uniform" and config.box is not None:
-        initial = jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=low, maxval=high))(init_keys)
-    else:
-        initial = jax.vmap(lambda k: jax.random.normal(k, input_shape))(init_keys)
+    anchors = None
+    if config.uses_prototypes:  # inverted from the very params the server sent this round
+        prototypes = class_prototypes(model, observation.params, config.prototype, public_mean)
+        anchors = jnp.asarray(prototype_start(prototypes, labels)[candidate_victim])
+    initial = _initial_inputs(config, jax.random.split(key, num_candidates), input_shape, public_mean, anchors,
+                              (low, high))
     observed = jax.tree_util.tree_map(lambda u: u[np.asarray(victims)], observation.updates)
     targets = jax.tree_util.tree_map(lambda u: u[candidate_victim], observed)
     candidate_labels = jnp.asarray(labels[candidate_victim])
 
     final_inputs, values = run_candidates(programs.runner, programs.optimizer.init, initial,
-                                          (candidate_labels, targets), observation.params, config.iterations,
-                                          compilation)
+                                          (candidate_labels, targets, anchors), observation.params,
+                                          config.iterations, compilation)
     # values: [iterations, candidates]
-    final_objective, _ = programs.evaluate(final_inputs, candidate_labels, targets, observation.params)
+    final_objective, _ = programs.evaluate(final_inputs, candidate_labels, targets, anchors, observation.params)
 
     final_objective = np.asarray(final_objective).reshape(len(victims), config.restarts)
     best = np.argmin(final_objective, axis=1)
@@ -275,3 +300,21 @@ def invert_gradients(observation: Observation, model: Model, config: InvertingGr
                           labels=np.asarray(labels, np.int32),
                           objective=final_objective[np.arange(len(victims)), best],
                           trace=trace, victims=victims)
+
+
+def _initial_inputs(config: InvertingGradientsConfig, init_keys: jax.Array, input_shape: tuple[int, ...],
+                    public_mean: np.ndarray | None, anchors: jax.Array | None, box: tuple) -> jax.Array:
+    """Each candidate's start ``[N, *input_shape]`` under ``config.init``."""
+    low, high = box
+    jitter = lambda: jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=-PUBLIC_MEAN_JITTER,
+                                                           maxval=PUBLIC_MEAN_JITTER))(init_keys)
+    if config.init == "prototype":
+        return jnp.clip(anchors + jitter(), low, high)
+    if config.init == "public_mean":
+        if public_mean is None or tuple(np.shape(public_mean)) != tuple(input_shape[2:]):
+            raise ValueError(f"init 'public_mean' needs public_mean of shape {tuple(input_shape[2:])}, got "
+                             f"{None if public_mean is None else np.shape(public_mean)}")
+        return jnp.clip(jnp.asarray(public_mean, jnp.float32) + jitter(), low, high)
+    if config.init == "uniform" and config.box is not None:
+        return jax.vmap(lambda k: jax.random.uniform(k, input_shape, minval=low, maxval=high))(init_keys)
+    return jax.vmap(lambda k: jax.random.normal(k, input_shape))(init_keys)
