@@ -168,11 +168,14 @@ HEADLINE_KEYS = {
               "attack.method"),
     "tokens": ("attack.token_term_f1", "attack.token_term_recall", "attack.token_rouge1_f1",
                "attack.token_rouge2_f1", "attack.token_order_accuracy", "attack.bag_f1", "attack.records_missing"),
+    "tabular": ("attack.tabular_accuracy", "attack.tabular_categorical_accuracy", "attack.tabular_numeric_accuracy",
+                "attack.entropy_categorical", "attack.records_scored", "attack.records_missing"),
 }
 TRAILING_KEYS = ("attack.status", "attack.seconds_per_iteration", "train.seconds", "attack.seconds",
                  "scenario.seconds")
 # The sweep objective of ``objective: auto``: the attack kind's headline, or utility without an attack.
-OBJECTIVES = {"images": "attack.psnr_db", "codes": "attack.code_f1", "tokens": "attack.token_term_f1"}
+OBJECTIVES = {"images": "attack.psnr_db", "codes": "attack.code_f1", "tokens": "attack.token_term_f1",
+              "tabular": "attack.tabular_accuracy"}
 NO_ATTACK_OBJECTIVE = "utility.test_accuracy"
 
 

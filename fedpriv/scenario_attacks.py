@@ -9,6 +9,8 @@ result with the records the victims really used that round, with ``fedpriv.metri
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import time
 
 import jax
@@ -17,12 +19,15 @@ import numpy as np
 
 from fedpriv import data as data_lib
 from fedpriv import metrics
+from fedpriv.attacks import consistency
 from fedpriv.attacks.image_prior import train_image_prior
 from fedpriv.attacks.protocol import (Attack, CodeRecoveryResult, PublicKnowledge, SideKnowledge,
                                       TokenRecoveryResult)
+from fedpriv.attacks.tableak import TabularRecoveryResult
 from fedpriv.keys import numpy_generator
 from fedpriv.metrics import codes as code_metrics
 from fedpriv.metrics import record_scores
+from fedpriv.metrics import tabular as tabular_metrics
 from fedpriv.metrics import tokens as token_metrics
 from fedpriv.public import icd10
 from fedpriv.public.clinical_words import PAD_ID, detokenize
@@ -31,7 +36,8 @@ from fedpriv.typing import ClientData, Model, Observation, Reconstruction
 # A reconstructed record counts as recovered exactly below this relative L2 error.
 EXACT_RELATIVE_ERROR = 1e-4
 # What each cohort kind holds, so which attack kinds fit it.
-ATTACK_KIND_OF_COHORT = {"ehr": "codes", "notes": "tokens"}
+ATTACK_KIND_OF_COHORT = {"ehr": "codes", "notes": "tokens", "tabular_ehr": "tabular", "breast_cancer": "tabular",
+                         "tabular_csv": "tabular"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +113,8 @@ def prepare_attack(config, model: Model, cohorts, keys) -> Threat:
     if attack is None:
         return Threat(model=model)
     public = PublicKnowledge(compilation=config.attack_compilation, key=jax.random.fold_in(keys.attack, 4))
+    if attack.kind == "tabular":  # the table's published schema, never a record
+        public = dataclasses.replace(public, table_layout=cohorts.train.public_layout())
     images = None
     if attack.kind == "images" or config.attack_prior is not None:
         input_shape, num_classes = cohorts.train.input_shape, cohorts.train.num_classes
@@ -148,6 +156,11 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
         results["attack.status"] = ("the server observed only the aggregate of the updates "
                                     f"({config.defenses.protocol.name}): no per-hospital update to invert")
         return Scored(results)
+    sent = np.any(np.asarray(client_data.client_mask) > 0) if observation.aggregated else observation.metadata.client_ids
+    if not sent:
+        # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
+        return Scored({**results, "attack.status": f"no hospital sent an update in round {observe_round}",
+                       "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0})
     if observation.aggregated:
         # The attack reads records off the SUM: every participant's records are the victims'.
         merged, merged_partition = merge_participants(client_data, partition)
@@ -156,10 +169,6 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
         truth = RoundTruth(merged, [0], merged_partition, cohorts.train, threat.prior_guess)
         scored = run_attack(attack, observation, truth, victims=[0], key=keys.attack)
         return dataclasses.replace(scored, metrics={**results, **scored.metrics})
-    if not observation.metadata.client_ids:
-        # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
-        return Scored({**results, "attack.status": f"no hospital sent an update in round {observe_round}",
-                       "attack.records_scored": 0, "attack.exact_recovery_rate": 0.0})
     victims = list(range(min(config.num_victims, len(observation.metadata.client_ids))))
     noise_stddev = plan.update_noise_stddev(observe_round, learning_rate=config.federation.local.learning_rate,
                                             local_steps=config.federation.local_steps)
@@ -235,10 +244,57 @@ def score_codes(result: CodeRecoveryResult, truth: RoundTruth) -> Scored:
         recovered = recovery.counts if recovery.counts is not None else recovery.present
         results["attack.subtype_accuracy"] = code_metrics.subtype_accuracy(
             np.asarray(recovered)[single], np.array([true_labels[i][0] for i in single]), cohort.vocabulary)
+    results.update(exfiltration_scores(recovery.present, cohort))
     results["attack.method"] = result.method
     return Scored(results, leaks=tuple(_code_leak(client, counts > 0, present, cohort.vocabulary)
                                        for client, counts, present in zip(truth.victim_clients, true_counts,
                                                                           recovery.present)))
+
+
+# A reconstructed record matches a real patient when the Jaccard index of their token sets
+# (codes, age, sex and lab bins) reaches this: one wrong token in a record of ~15 keeps it.
+EXFILTRATION_MATCH_JACCARD = 0.8
+# The stand-in for public co-occurrence tables: an EHR cohort on a key of its own, never the run's.
+PUBLIC_REFERENCE_RECORDS = 20_000
+PUBLIC_REFERENCE_KEY = 20231015
+
+
+@functools.lru_cache(maxsize=4)
+def public_cooccurrence(max_codes: int) -> consistency.PublicCooccurrence:
+    """Co-occurrence counts of the public reference cohort (``PUBLIC_REFERENCE_RECORDS`` records)."""
+    reference = data_lib.make_ehr_cohort(
+        data_lib.EHRCohortConfig(num_records=PUBLIC_REFERENCE_RECORDS, max_codes=max_codes),
+        numpy_generator(jax.random.key(PUBLIC_REFERENCE_KEY)))
+    return consistency.PublicCooccurrence.from_token_ids(reference.codes, reference.vocabulary)
+
+
+def exfiltration_scores(present: np.ndarray, cohort) -> dict:
+    """Precision of the records the attacker would exfiltrate, without and with the
+    consistency filter (``fedpriv.attacks.consistency``, public knowledge only).
+
+    Each victim's non-empty recovered token set is one exfiltrated record; it is correct
+    when some patient of ``cohort`` has a token set within ``EXFILTRATION_MATCH_JACCARD``
+    of it (a batch of several records recovers their union, which rarely matches anyone).
+    A false rejection is a rejected record that was correct.
+    """
+    present = np.asarray(present, bool)[np.asarray(present, bool).any(axis=1)]
+    real = code_metrics.token_counts(np.asarray(cohort.inputs), cohort.vocabulary_size) > 0
+    shared = present.astype(np.float64) @ real.T.astype(np.float64)
+    union = present.sum(axis=1)[:, None] + real.sum(axis=1)[None, :] - shared
+    matched = (shared / np.maximum(union, 1)).max(axis=1, initial=0.0) >= EXFILTRATION_MATCH_JACCARD
+    records = [consistency.record_from_tokens([cohort.vocabulary.token(i) for i in np.flatnonzero(row)])
+               for row in present]
+    verdict = consistency.verify(records, consistency.default_rules(public_cooccurrence(cohort.input_shape[0])))
+    kept = verdict.kept
+    for index in verdict.rejected:
+        logging.getLogger(__name__).info("consistency filter rejected record %d: %s", index,
+                                         "; ".join(verdict.reasons[index]))
+    precision = lambda hits: float(np.mean(hits)) if hits.size else float("nan")
+    return {"attack.exfiltrated_records": int(present.shape[0]),
+            "attack.exfiltration_precision": precision(matched),
+            "attack.exfiltration_precision_filtered": precision(matched[kept]),
+            "attack.consistency_rejected": int(np.sum(~kept)),
+            "attack.consistency_false_rejections": int(np.sum(~kept & matched))}
 
 
 def _code_leak(client: int, true_present, recovered_present, vocabulary) -> VictimLeak:
@@ -375,5 +431,50 @@ def _image_summary(per_victim, records: int, exact: int, reidentified: float, la
     return scores, pad([s.truth for s in per_victim]), pad([s.reconstructed for s in per_victim])
 
 
+def score_tabular(result: TabularRecoveryResult, truth: RoundTruth) -> Scored:
+    """Per-feature accuracy of reconstructed rows against EVERY record the victims used that round.
+
+    Rows are decoded to raw values and paired with ``metrics.assign_records`` on the
+    fraction of features wrong (``fedpriv.metrics.tabular``); a numeric feature is a hit
+    within 0.319 standard deviations of the training cohort's column (TabLeak's
+    tolerance), a categorical one when exact; a record without a reconstruction counts
+    every feature as wrong.
+    """
+    cohort, client_data = truth.cohort, truth.client_data
+    is_categorical = cohort.is_categorical
+    tolerance = tabular_metrics.numeric_tolerance(cohort.values, is_categorical)
+    hits, missing, leaks = [], 0, []
+    for position, client in enumerate(truth.victim_clients):
+        true_values = cohort.decode(_victim_records(client_data, client, cohort.input_shape)[0])
+        recovered = cohort.decode(np.asarray(result.records.inputs[position]).reshape(-1, cohort.input_shape[0]))
+        scored = tabular_metrics.score_table_records(recovered, true_values, is_categorical, tolerance)
+        hits.append(scored.hits)
+        missing += len(scored.missing)
+        leaks.append(VictimLeak(client, _table_rows(cohort, true_values[scored.truth_index]),
+                                _table_rows(cohort, recovered[scored.reconstruction_index])))
+    hits = np.concatenate(hits)
+    if not hits.size:
+        return Scored({"attack.records_scored": 0})
+    results = {f"attack.tabular_{name}": value
+               for name, value in tabular_metrics.tabular_accuracy(hits, is_categorical).items()}
+    results.update({f"attack.feature_accuracy.{column.name}": float(column_hits.mean())
+                    for column, column_hits in zip(cohort.columns, hits.T)})
+    results.update({"attack.records_scored": int(hits.shape[0]), "attack.records_missing": int(missing),
+                    "attack.entropy_categorical": _mean_or_nan(result.entropy[..., is_categorical]),
+                    "attack.numeric_tolerance_std": tabular_metrics.TABLEAK_TOLERANCE})
+    return Scored(results, leaks=tuple(leaks))
+
+
+def _mean_or_nan(values: np.ndarray) -> float:
+    return float(np.mean(values)) if np.size(values) else float("nan")
+
+
+def _table_rows(cohort, values: np.ndarray) -> tuple[str, ...]:
+    """Each row as a person reads it: ``name=value unit`` for numerics, the category name otherwise."""
+    cell = lambda column, value: (f"{column.name}={column.categories[int(value)]}" if column.type == "categorical"
+                                  else f"{column.name}={value:.4g}{' ' + column.unit if column.unit else ''}")
+    return tuple(", ".join(cell(column, value) for column, value in zip(cohort.columns, row)) for row in values)
+
+
 # The scorer of each attack kind (``Attack.kind``): ``(result, truth) -> Scored``.
-SCORERS = {"images": score_reconstruction, "codes": score_codes, "tokens": score_tokens}
+SCORERS = {"images": score_reconstruction, "codes": score_codes, "tokens": score_tokens, "tabular": score_tabular}

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from fedpriv.attacks.image_prior import ImagePrior
     from fedpriv.attacks.inverting_gradients import AttackCompilation
 
-ATTACK_KINDS = ("images", "codes", "tokens")
+ATTACK_KINDS = ("images", "codes", "tokens", "tabular")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +57,8 @@ class PublicKnowledge:
     images: np.ndarray | None = None
     prior: ImagePrior | None = None
     key: jax.Array | None = None
+    # A tabular cohort's published schema, ``(name, type, width)`` per column in encoded order.
+    table_layout: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,15 @@ from fedpriv.public.clinical_words import clinical_vocabulary
 from fedpriv.data.medmnist import load_medmnist_npz
 from fedpriv.data.phantoms import make_phantom_cohort
 from fedpriv.data.records import TokenRecords
+from fedpriv.data.tabular import (TabularCohort, check_csv_header, load_breast_cancer, load_tabular_csv,
+                                    make_tabular_ehr_cohort)
 
-COHORT_KINDS = ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes")
+COHORT_KINDS = ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes", "tabular_ehr", "breast_cancer",
+                "tabular_csv")
 GENERATED_KINDS = ("phantom", "ct_slice")
 TOKEN_COHORT_KINDS = ("ehr", "notes")
+# Tables of numeric and categorical columns (fedpriv.data.tabular), encoded as float vectors.
+TABULAR_COHORT_KINDS = ("tabular_ehr", "breast_cancer", "tabular_csv")
 # Sensitivity tiers of EHR records, strictest last: a record takes the strictest tier of
 # its codes. Substance-use records (ICD-10-CM F10-F19) fall under 42 CFR Part 2; other
 # mental and behavioural disorders (F01-F99) under state mental-health privacy laws.
@@ -42,6 +47,7 @@ class CohortSource:
       path: the folder or ``.npz`` file for the file kinds.
       num_sites: hospitals the token cohorts (``"ehr"``, ``"notes"``) are generated at.
       max_length: codes per EHR record or tokens per note.
+      spec: the column spec (a YAML file) of a ``"tabular_csv"`` table at ``path``.
 
     The token kinds generate ICD-10-CM code bags (``"ehr"``) or clinical notes
     (``"notes"``) labelled by cancer subtype; ``image_size`` and ``num_classes`` do not
@@ -55,8 +61,12 @@ class CohortSource:
     path: str | None = None
     num_sites: int = 4
     max_length: int = 64
+    spec: str | None = None
 
     def __post_init__(self):
+        if self.kind in TABULAR_COHORT_KINDS:
+            self._check_tabular()
+            return
         if self.kind not in COHORT_KINDS:
             raise ValueError(f"data.cohort.kind must be one of {COHORT_KINDS}, got {self.kind!r}")
         if self.kind in TOKEN_COHORT_KINDS:
@@ -83,9 +93,32 @@ class CohortSource:
             if self.num_records is not None and not (isinstance(self.num_records, int) and self.num_records >= 2):
                 raise ValueError(f"data.cohort.num_records must be None or an integer >= 2, got {self.num_records!r}")
 
+    def _check_tabular(self):
+        """The tabular kinds' fields; a CSV's header is checked against its spec here, before any compute."""
+        if self.kind == "tabular_ehr" and not (isinstance(self.num_records, int) and self.num_records >= 2):
+            raise ValueError(f"data.cohort.num_records must be an integer >= 2 for kind 'tabular_ehr', "
+                             f"got {self.num_records!r}")
+        if self.kind != "tabular_ehr" and self.num_records is not None and not (
+                isinstance(self.num_records, int) and self.num_records >= 2):
+            raise ValueError(f"data.cohort.num_records must be None or an integer >= 2, got {self.num_records!r}")
+        if self.kind == "tabular_csv":
+            if self.path is None or not Path(self.path).is_file():
+                raise ValueError(f"data.cohort.path must be an existing CSV file for kind 'tabular_csv', "
+                                 f"got {self.path!r}")
+            if self.spec is None:
+                raise ValueError("data.cohort.spec (a YAML column spec) is required for kind 'tabular_csv'")
+            check_csv_header(self.path, self.spec)
 
-def load_cohort(source: CohortSource, generator: np.random.Generator) -> ImageCohort | TokenRecords:
+
+def load_cohort(source: CohortSource,
+                generator: np.random.Generator) -> ImageCohort | TokenRecords | TabularCohort:
     """Generates or loads the cohort described by ``source``."""
+    if source.kind == "tabular_ehr":
+        return make_tabular_ehr_cohort(source.num_records, generator, num_sites=source.num_sites)
+    if source.kind == "breast_cancer":
+        return load_breast_cancer(source.num_records, generator)
+    if source.kind == "tabular_csv":
+        return load_tabular_csv(source.path, source.spec, source.num_records, generator)
     if source.kind == "ehr":
         return ehr_records(make_ehr_cohort(EHRCohortConfig(num_records=source.num_records, num_sites=source.num_sites,
                                                            max_codes=source.max_length), generator))

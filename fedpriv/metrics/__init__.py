@@ -12,6 +12,8 @@ from fedpriv.metrics.labels import label_accuracy, label_count_accuracy, label_c
 from fedpriv.metrics.matching import RecordAssignment, assign_records, best_match, pairwise_mse
 from fedpriv.metrics.record_scores import RECOGNISABLE_SSIM, ImageRecordScores, score_image_records
 from fedpriv.metrics.reidentification import nearest_record, reidentification_rate
+from fedpriv.metrics.tabular import (TABLEAK_TOLERANCE, TabularRecordScores, feature_hits, numeric_tolerance,
+                                     score_table_records, tabular_accuracy)
 from fedpriv.metrics.roc import auc, auc_confidence_interval, plot_roc, roc_curve, tpr_at_fpr
 from fedpriv.metrics.tokens import order_accuracy, random_order_accuracy, rouge_l, rouge_n, set_scores, token_scores
 from fedpriv.metrics.utility import accuracy
@@ -24,3 +26,5 @@ __all__ = [
     "random_order_accuracy", "reidentification_rate", "roc_curve", "rouge_l", "rouge_n", "score_image_records",
     "set_scores", "ssim", "subtype_accuracy", "token_counts", "token_scores", "tpr_at_fpr",
 ]
+__all__ += ["TABLEAK_TOLERANCE", "TabularRecordScores", "feature_hits", "numeric_tolerance",
+            "score_table_records", "tabular_accuracy"]

@@ -46,8 +46,14 @@ def group_options(group: str) -> list[str]:
     return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
 
 
+# Groups of another primary config in conf/ (conf/assess.yaml, `fedpriv assess`), not of config.yaml.
+OTHER_APPS_GROUPS = ("assess",)
+
+
 def groups() -> list[str]:
-    return sorted(path.name for path in CONF.iterdir() if path.is_dir() and any(path.glob("*.yaml")))
+    """The config groups of config.yaml: the folders of conf/ with YAML options."""
+    return sorted(path.name for path in CONF.iterdir()
+                  if path.is_dir() and any(path.glob("*.yaml")) and path.name not in OTHER_APPS_GROUPS)
 
 
 def compose_config(overrides: list[str] | tuple[str, ...] = (), *, hydra_node: bool = False) -> DictConfig:
@@ -140,10 +146,27 @@ def medmnist_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def data_paths(dicom_folder, medmnist_file) -> dict[str, dict[str, str]]:
+def tabular_csv(tmp_path_factory) -> tuple[Path, Path]:
+    """A small CSV table (48 rows) and its column spec: two numeric columns, one categorical, a label."""
+    generator = np.random.default_rng(11)
+    folder = tmp_path_factory.mktemp("table")
+    rows = ["age,sbp,smoker,outcome"] + [f"{generator.integers(20, 90)},{generator.integers(95, 180)},"
+                                          f"{generator.choice(['yes', 'no'])},{generator.choice(['good', 'poor'])}"
+                                          for _ in range(48)]
+    (folder / "table.csv").write_text("\n".join(rows) + "\n")
+    (folder / "spec.yaml").write_text(
+        "label: outcome\ncolumns:\n  - {name: age, type: numeric, range: [18, 100]}\n"
+        "  - {name: sbp, type: numeric, range: [80, 200]}\n  - {name: smoker, type: categorical, "
+        "categories: ['yes', 'no']}\n")
+    return folder / "table.csv", folder / "spec.yaml"
+
+
+@pytest.fixture(scope="session")
+def data_paths(dicom_folder, medmnist_file, tabular_csv) -> dict[str, dict[str, str]]:
     """The extra overrides each file-backed data preset needs."""
     return {"dicom_folder": {"data.cohort.path": str(dicom_folder)},
-            "medmnist_npz": {"data.cohort.path": str(medmnist_file)}}
+            "medmnist_npz": {"data.cohort.path": str(medmnist_file)},
+            "tabular_csv": {"data.cohort.path": str(tabular_csv[0]), "data.cohort.spec": str(tabular_csv[1])}}
 
 
 @pytest.fixture

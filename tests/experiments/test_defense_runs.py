@@ -27,6 +27,15 @@ def test_client_side_screening_refuses_the_imprint_model_and_nothing_leaks():
     assert metrics["attack.records_scored"] == 0 and metrics["attack.exact_recovery_rate"] == 0.0
 
 
+def test_screening_under_secure_aggregation_refuses_the_imprint_and_the_empty_aggregate_leaks_nothing():
+    screen = ("{_target_:fedpriv.defenses.model_screening.ModelScreeningConfig,duplicate_cosine:0.999,"
+              "max_duplicate_fraction:0.05,norm_z_threshold:8.0,change_z_threshold:6.0}")
+    metrics = run_smoke({**IMPRINT, "defense": "secure_aggregation", "defense.model_screening": screen}).metrics
+    assert metrics["defense.models_refused"] >= 2
+    assert metrics["attack.status"].startswith("no hospital sent an update")
+    assert metrics["attack.records_scored"] == 0
+
+
 def test_client_screening_accepts_an_honest_model():
     metrics = run_smoke({"defense": "model_screening", "attack": "none"}).metrics
     assert metrics["defense.models_refused"] == 0

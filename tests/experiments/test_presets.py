@@ -28,6 +28,7 @@ EHR_SMOKE = {"data": "ehr", "model": "embedding_bag", "attack": "code_recovery",
              "data.cohort.num_sites": "2"}
 NOTES_SMOKE = {"data": "notes", "model": "transformer", "attack": "token_recovery", "data.cohort.num_records": "64",
                "data.cohort.num_sites": "2", "data.cohort.max_length": "16"}
+TABULAR_SMOKE = {"data": "tabular_ehr", "attack": "tableak", "attack.config.restarts": "2"}
 
 #: What a preset needs on top of the smoke config to be tiny (or valid) — never to pass.
 PRESET_CHANGES = {
@@ -52,6 +53,11 @@ PRESET_CHANGES = {
     **{("defense", option): {"attack": "none"} for option in
        ("dp_sgd", "tiered_dp_sgd", "audited_dp_sgd", "dp_fedavg", "local_dp", "top_k", "quantization",
         "anomaly_screening", "robust_median", "model_screening")},
+    ("attack", "dager"): {**NOTES_SMOKE, "attack": "dager"},
+    # Tables take the tabular attack (and the reverse); two restarts keep the smoke short.
+    **{(group, option): TABULAR_SMOKE for group, option in (("data", "tabular_ehr"), ("attack", "tableak"))},
+    **{("data", option): {"attack": "tableak", "attack.config.restarts": "2"}
+       for option in ("breast_cancer", "tabular_csv")},
     # DLG reads the labels jointly; the imprint needs bins for a batch.
     ("attack", "imprint"): {"attack.config.bins": "16"},
 }
@@ -84,7 +90,8 @@ RUN_OPTIONS = [(group, option) for group, option in ALL_OPTIONS if group in RUN_
 
 def test_the_groups_and_options_are_discovered():
     assert groups() == EXPECTED_GROUPS
-    assert group_options("data") == ["ct_phantom", "ct_slice", "dicom_folder", "ehr", "medmnist_npz", "notes"]
+    assert group_options("data") == ["breast_cancer", "ct_phantom", "ct_slice", "dicom_folder", "ehr", "medmnist_npz",
+                                     "notes", "tabular_csv", "tabular_ehr"]
     assert group_options("model") == ["convnet", "convnet_plain", "embedding_bag", "lenet", "mlp", "resnet",
                                       "transformer"]
     assert {"fedsgd", "fedavg"} <= set(group_options("algorithm"))
@@ -105,7 +112,8 @@ def test_every_option_composes(group, option, data_paths):
     if group == "experiment":
         assert cfg.hydra.sweeper.params, f"experiment/{option}.yaml defines no sweep"
     elif group == "data":
-        assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes")
+        assert cfg.data.cohort.kind in ("phantom", "ct_slice", "dicom_folder", "medmnist_npz", "ehr", "notes",
+                                        "tabular_ehr", "breast_cancer", "tabular_csv")
     elif group == "model":  # a model, or a variant of one named <model>_<variant>
         assert cfg.model.name == option or option.startswith(f"{cfg.model.name}_")
     elif group == "algorithm":
@@ -123,7 +131,7 @@ def test_every_option_composes(group, option, data_paths):
 # theirs under tests/federated; compression, secure aggregation and the imprint their scenario runs
 # in test_defense_runs.py, partitioning the very same run there; the noise schedules theirs in
 # test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py; CKKS its own in
-# tests/defenses).
+# tests/defenses; the aggregate attacks and DAGER theirs in tests/attacks, through secure aggregation).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
@@ -132,7 +140,8 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("data", "dicom_folder"), ("privacy", "step"), ("privacy", "exponential_decay"),
                 ("impl", "sharded"), ("impl", "vmap"), ("defense", "quantization"), ("defense", "secure_aggregation"),
                 ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice"),
-                ("defense", "homomorphic")}
+                ("defense", "homomorphic"), ("data", "breast_cancer"), ("data", "tabular_csv"),
+                ("attack", "cocktail_party"), ("attack", "fishing"), ("attack", "dager")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]
@@ -206,6 +215,9 @@ def _check_attack_scores(cfg, metrics, result) -> None:
     elif kind == "notes":
         assert metrics["attack.bag_f1"] == 1.0  # the bag is exact; the order is the hard part
         assert 0.0 <= metrics["attack.token_order_accuracy"] <= 1.0
+    elif kind in ("tabular_ehr", "breast_cancer", "tabular_csv"):  # 3 iterations: scored, not recovered
+        assert 0.0 <= metrics["attack.tabular_accuracy"] <= 1.0
+        assert metrics["attack.records_scored"] >= 1 and result.truth is None
     else:
         assert math.isfinite(metrics["attack.psnr_db"]) and 0 < metrics["attack.psnr_db"] <= 100
         if cfg.algorithm.local_steps * cfg.algorithm.batch_size == 1 and cfg.attack.config.get("label_strategy") == "idlg":
