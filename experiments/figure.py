@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,12 @@ CONF = REPO / "conf"
 sys.path.insert(0, str(REPO))  # scripts/ is not a package
 
 from experiments.figures import RECIPES  # noqa: E402
+from fedpriv.progress import progress_bar  # noqa: E402
 from scripts.collect import collect, write_csv  # noqa: E402
 
 # The tiny budget of --smoke; each key is applied where the preset's composed config has it.
 SMOKE_BUDGET = {
+    "seed": "0",  # one seed of a preset that sweeps several
     "algorithm.rounds": "2",
     "data.cohort.num_records": "48",
     "data.cohort.image_size": "16",
@@ -53,17 +56,70 @@ SUMMARY_COLUMNS = ("utility.test_accuracy", "privacy.epsilon", "privacy.unit", "
 
 
 def smoke_overrides(name: str) -> list[str]:
-    """``SMOKE_BUDGET`` restricted to the keys the preset's config has (others would be refused)."""
+    """``SMOKE_BUDGET`` restricted to the keys the preset's config has (others would be refused)
+    and that no swept group replaces (``model.width`` when the sweep runs models without one)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        composed = compose(config_name="config", overrides=[f"experiment={name}"])
-    return [f"{key}={value}" for key, value in SMOKE_BUDGET.items() if OmegaConf.select(composed, key) is not None]
+        composed = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
+    swept_groups = {key for key in OmegaConf.select(composed, "hydra.sweeper.params") or {} if "." not in key}
+    return [f"{key}={value}" for key, value in SMOKE_BUDGET.items()
+            if OmegaConf.select(composed, key) is not None and key.split(".")[0] not in swept_groups]
 
 
 def run_sweep(name: str, jobs_dir: Path, overrides: list[str]) -> int:
-    """Runs the preset's sweep through the project's entry point; returns its exit status."""
-    command = [sys.executable, str(REPO / "experiments" / "run.py"), "-m", f"experiment={name}",
-               f"hydra.sweep.dir={jobs_dir}", "hydra.sweep.subdir=${hydra.job.override_dirname}", *overrides]
-    return subprocess.run(command, cwd=REPO, check=False).returncode
+    """Runs the preset's sweep through the project's entry point, with a bar over its jobs (their
+    printed output goes to ``jobs.log`` beside them); returns its exit status."""
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    return run_jobs_with_bar(jobs_dir, [f"experiment={name}", *overrides], sweep_size(name, overrides),
+                             description=f"{name} jobs", log=jobs_dir / "jobs.log")
+
+
+def sweep_size(name: str, overrides: list[str]) -> int:
+    """How many jobs the preset sweeps: the product of its sweeper parameters' choices."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        composed = compose(config_name="config", overrides=[f"experiment={name}", *overrides],
+                           return_hydra_config=True)
+    parameters = dict(OmegaConf.select(composed, "hydra.sweeper.params") or {})
+    parameters.update(override.split("=", 1) for override in overrides)  # the command line wins a key
+    return math.prod(len(str(choices).split(",")) for choices in parameters.values())
+
+
+# What experiments/run.py prints when a job ends: its outputs, or that it was complete already.
+JOB_END_PREFIXES = ("outputs: ", "complete, skipped")
+
+
+def run_jobs_with_bar(jobs_dir: Path, overrides: list[str], total: int, *, description: str, log: Path,
+                      subdir: str = "${hydra.job.override_dirname}", env: dict | None = None) -> int:
+    """``run_jobs`` with one bar over the jobs (theirs turned off) and their printed output in ``log``;
+    without a terminal, one line per finished job instead of the bar."""
+    env = {**(os.environ if env is None else env), "FEDPRIV_PROGRESS": "0"}
+    with log.open("a") as stream, progress_bar(description, total) as advance:
+        def on_line(line: str) -> None:
+            stream.write(line)
+            stream.flush()
+            if line.startswith(JOB_END_PREFIXES):
+                if advance is None:
+                    print(line.rstrip(), flush=True)
+                else:
+                    advance(1)
+        return run_jobs(jobs_dir, overrides, subdir=subdir, env=env, on_line=on_line)
+
+
+def run_jobs(jobs_dir: Path, overrides: list[str], *, subdir: str = "${hydra.job.override_dirname}",
+             env: dict | None = None, on_line=None) -> int:
+    """Runs ``experiments/run.py -m OVERRIDES`` with one folder per job under ``jobs_dir`` (named
+    by ``subdir``); a job already complete there is skipped. Returns the exit status.
+
+    ``on_line``: called with each line the sweep prints (its stdout is then not shown), e.g.
+    to draw a progress bar over the jobs (``experiments/assess.py``).
+    """
+    command = [sys.executable, str(REPO / "experiments" / "run.py"), "-m", f"hydra.sweep.dir={jobs_dir}",
+               f"hydra.sweep.subdir={subdir}", *overrides]
+    if on_line is None:
+        return subprocess.run(command, cwd=REPO, check=False, env=env).returncode
+    with subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            on_line(line)
+    return process.returncode
 
 
 def summary_markdown(name: str, rows: list[dict]) -> str:
