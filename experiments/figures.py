@@ -135,18 +135,26 @@ class Curves:
       metrics: ``(column, label)`` per panel; columns no job reported are left out.
       series: the column that splits lines, or ``None`` for one line.
       log_x: a logarithmic x axis.
+      unprotected_at_infinity: jobs without a defense sit at x = inf (the end of an epsilon
+        axis), drawn one step right of the largest finite x and labelled "∞".
     """
 
     x: str
     metrics: tuple[tuple[str, str], ...]
     series: str | None = None
     log_x: bool = False
+    unprotected_at_infinity: bool = False
+
+    def _x(self, row: dict):
+        if self.unprotected_at_infinity and row.get("config.defense.name") == "none":
+            return math.inf
+        return _sort_key(row.get(self.x))
 
     def __call__(self, rows: list[dict], output: Path) -> str:
         panels = [(key, label) for key, label in self.metrics if any(math.isfinite(_number(r.get(key))) for r in rows)]
         groups = defaultdict(list)  # (series value, x) -> rows, one per seed
         for row in rows:
-            groups[(row.get(self.series, "") if self.series else "", _sort_key(row.get(self.x)))].append(row)
+            groups[(row.get(self.series, "") if self.series else "", self._x(row))].append(row)
         figure, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.4 * max(1, len(panels)), 3.0), squeeze=False)
         for axis, (key, label) in zip(axes[0], panels):
             for series in sorted({s for s, _ in groups}, key=_sort_key):
@@ -155,10 +163,14 @@ class Curves:
                 points = [(x, m, sd) for x, (m, sd, _) in points if math.isfinite(m) and isinstance(x, float)]
                 if points:
                     xs, means, sds = (list(column) for column in zip(*points))
+                    xs = [self._drawn_at(x, groups) for x in xs]
                     axis.plot(xs, means, "o-", label=f"{_short(self.series)}={series}" if self.series else None)
                     axis.fill_between(xs, [m - d for m, d in zip(means, sds)], [m + d for m, d in zip(means, sds)],
                                       alpha=0.2)
             axis.set_xscale("log" if self.log_x else "linear")
+            if any(x == math.inf for _, x in groups):
+                ticks = sorted({self._drawn_at(x, groups) for _, x in groups if isinstance(x, float)})
+                axis.set_xticks(ticks, [f"{t:g}" if t != self._drawn_at(math.inf, groups) else "∞" for t in ticks])
             axis.set_xlabel(_short(self.x))
             axis.set_ylabel(label)
             if axis.get_legend_handles_labels()[0]:
@@ -167,6 +179,13 @@ class Curves:
         figure.savefig(output, dpi=150)
         plt.close(figure)
         return self._table(groups, panels)
+
+    def _drawn_at(self, x: float, groups: dict) -> float:
+        """Where ``x`` is drawn: itself, or for infinity one step right of the largest finite x."""
+        if x != math.inf:
+            return x
+        finite = [value for _, value in groups if isinstance(value, float) and math.isfinite(value)] or [1.0]
+        return max(finite) * 2 if self.log_x else max(finite) + 1
 
     def _table(self, groups: dict, panels) -> str:
         head = ([_short(self.series)] if self.series else []) + [_short(self.x), "n"] + [label for _, label in panels]
