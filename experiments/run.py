@@ -16,6 +16,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from any folder
@@ -47,10 +48,17 @@ def main(cfg: DictConfig) -> float:
         # The job's own folder records the failure; other sweep jobs' results are untouched.
         write_json_atomically(output_dir / "error.json", {"error": repr(error), "traceback": traceback.format_exc(),
                                                           "finished_at": time.time()})
-        if os.environ.get("HYDRA_FULL_ERROR") != "1" and (line := config_error_line(error)) is not None:
-            raise SystemExit(line) from None  # one line naming the field; the traceback is in error.json
+        line = config_error_line(error)
+        if line is not None and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                raise SystemExit(line) from None  # one line naming the field; the traceback is in error.json
+            print(line, file=sys.stderr)  # a sweep goes on to its next job (an exit would end it)
         raise
-    metrics = {**flat_config(cfg), **result.metrics, **versions(), "git_sha": git_sha(), "config_digest": digest}
+    # The option picked in each config group (choice.attack = cocktail_party, ...): a sweep's rows name their presets.
+    choices = {f"choice.{group}": option for group, option in HydraConfig.get().runtime.choices.items()
+               if not group.startswith("hydra") and option is not None}
+    metrics = {**flat_config(cfg), **choices, **result.metrics, **versions(), "git_sha": git_sha(),
+               "config_digest": digest}
     if not is_lead_process():  # every process of a multi-host run holds the same results; process 0 writes them
         return _objective(cfg, metrics)
     if result.truth is not None:
