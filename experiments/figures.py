@@ -237,6 +237,14 @@ RECIPES = {
                              metrics=LEAKAGE_AND_UTILITY, log_x=True),
     "noise_schedules": Curves(x="config.privacy.schedule.kind", metrics=(
         ("privacy.epsilon", "epsilon"), *LEAKAGE_AND_UTILITY)),
+    "secure_aggregation": Curves(x="config.data.partition.num_clients", series="choice.attack", log_x=True,
+                                 metrics=LEAKAGE_AND_UTILITY[:3] + (("defense.models_refused", "models refused"),)),
+    "tabular_leakage": Curves(x="config.algorithm.batch_size", series="choice.data", log_x=True, metrics=(
+        ("attack.tabular_accuracy", "feature accuracy"), ("attack.tabular_categorical_accuracy", "categorical"),
+        ("attack.tabular_numeric_accuracy", "numeric (within 0.319 sd)"))),
+    "notes_exact_recovery": Curves(x="config.algorithm.batch_size", log_x=True, metrics=(
+        ("attack.token_exact_note", "exact notes"), ("attack.token_rouge1_f1", "ROUGE-1 F1"),
+        ("attack.token_rouge2_f1", "ROUGE-2 F1"), ("attack.token_term_f1", "medical-term F1"))),
     "he_overhead": Curves(x="model.num_params", series="config.defense.name", log_x=True, metrics=(
         ("cost.bytes_per_client", "bytes per hospital per round"), ("train.seconds_per_round", "seconds per round"))),
 }

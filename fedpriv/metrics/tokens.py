@@ -171,12 +171,15 @@ def token_scores(recovered, true) -> dict[str, float]:
 
     Returns:
       ``term_precision``, ``term_recall``, ``term_f1``, ``order_accuracy``,
-      ``random_order_accuracy`` (its baseline), ``rouge1_f1``, ``rouge2_f1``, ``rougeL_f1``.
+      ``random_order_accuracy`` (its baseline), ``rouge1_f1``, ``rouge2_f1``, ``rougeL_f1``, and
+      ``exact_note``: the share of notes given back token for token, padding included.
     """
     terms = term_recovery(recovered, true)
+    recovered_ids, true_ids = np.asarray(recovered), np.asarray(true)
+    exact = np.all(recovered_ids.reshape(-1, true_ids.shape[-1]) == true_ids.reshape(-1, true_ids.shape[-1]), axis=-1)
     return {"term_precision": terms["precision"], "term_recall": terms["recall"], "term_f1": terms["f1"],
             "order_accuracy": order_accuracy(recovered, true),
             "random_order_accuracy": random_order_accuracy(true),
             "rouge1_f1": rouge_n(recovered, true, 1), "rouge2_f1": rouge_n(recovered, true, 2),
-            "rougeL_f1": rouge_l(recovered, true)}
+            "rougeL_f1": rouge_l(recovered, true), "exact_note": float(np.mean(exact))}
 

@@ -54,6 +54,7 @@ def test_token_scores_collects_everything_and_averages_records():
     assert scores["random_order_accuracy"] == pytest.approx(7 / 25)
     assert scores["rouge2_f1"] == pytest.approx((0.25 + 1.0) / 2)
     assert scores["rougeL_f1"] == pytest.approx((0.6 + 1.0) / 2)
+    assert scores["exact_note"] == 0.5  # the second note is given back token for token, the first is not
     assert term_recovery(RECOVERED, TRUE)["precision"] == 0.75
 
 
