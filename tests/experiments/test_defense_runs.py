@@ -20,6 +20,7 @@ def test_imprint_recovers_records_exactly_and_through_secure_aggregation():
     assert secure["cost.bytes_per_client"] > secure["cost.plaintext_bytes_per_client"]
 
 
+@pytest.mark.slow  # the same refusal is checked under secure aggregation in the default run
 def test_client_side_screening_refuses_the_imprint_model_and_nothing_leaks():
     metrics = run_smoke({**IMPRINT, "defense": "model_screening"}).metrics
     assert metrics["defense.models_refused"] >= 2  # every hospital, every round
@@ -32,6 +33,7 @@ def test_screening_under_secure_aggregation_refuses_the_imprint_and_the_empty_ag
               "max_duplicate_fraction:0.05,norm_z_threshold:8.0,change_z_threshold:6.0}")
     metrics = run_smoke({**IMPRINT, "defense": "secure_aggregation", "defense.model_screening": screen}).metrics
     assert metrics["defense.models_refused"] >= 2
+    assert "imprint" in metrics["defense.first_refusal"]
     assert metrics["attack.status"].startswith("no hospital sent an update")
     assert metrics["attack.records_scored"] == 0
 

@@ -131,7 +131,9 @@ def test_every_option_composes(group, option, data_paths):
 # theirs under tests/federated; compression, secure aggregation and the imprint their scenario runs
 # in test_defense_runs.py, partitioning the very same run there; the noise schedules theirs in
 # test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py; CKKS its own in
-# tests/defenses; the aggregate attacks and DAGER theirs in tests/attacks, through secure aggregation).
+# tests/defenses; the aggregate attacks and DAGER theirs in tests/attacks, through secure aggregation;
+# the two-layer stack its round audits in tests/federated/test_round_audit.py; the budget-aware
+# schedule tests/privacy/test_schedules.py; local DP tests/defenses/test_local_dp.py and test_plans.py).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
@@ -141,7 +143,8 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("impl", "sharded"), ("impl", "vmap"), ("defense", "quantization"), ("defense", "secure_aggregation"),
                 ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice"),
                 ("defense", "homomorphic"), ("data", "breast_cancer"), ("data", "tabular_csv"),
-                ("attack", "cocktail_party"), ("attack", "fishing"), ("attack", "dager")}
+                ("attack", "cocktail_party"), ("attack", "fishing"), ("attack", "dager"), ("defense", "two_layer"),
+                ("privacy", "budget_aware"), ("defense", "local_dp")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]
@@ -270,10 +273,10 @@ def test_mlp_smoke_has_the_hand_counted_parameters():
     assert run_smoke({}).metrics["model.num_params"] == 16 * 16 * 256 + 256 + 256 * 4 + 4
 
 
-# Building every job of a 15-defense sweep takes 10-12 s: the CT table stays in the default run,
-# the EHR table (the same defenses; its data kind is covered by the data=ehr smoke) under -m slow,
-# with the two sweeps whose per-value builds take 7-10 s (their smoke figures run under -m slow).
-SLOW_SWEEP_BUILDS = {"defense_table_ehr", "batch_and_local_steps", "noise_schedules"}
+# Building every job of a 15-defense sweep takes 10-12 s: the two defense tables run under -m slow
+# (each defense option composes and runs its own smoke above), with the two sweeps whose per-value
+# builds take 7-10 s (their smoke figures run under -m slow).
+SLOW_SWEEP_BUILDS = {"defense_table_ehr", "defense_table_ct", "batch_and_local_steps", "noise_schedules"}
 
 
 SWEEP_PARAMS = [pytest.param(option, marks=[pytest.mark.slow] if option in SLOW_SWEEP_BUILDS else [])
@@ -307,7 +310,7 @@ def test_experiment_presets_define_sweeps_that_build(option, tmp_path):
                        output_dir=str(tmp_path))
 
 
-MAX_BUILT_POINTS = 8
+MAX_BUILT_POINTS = 4
 
 
 def _choices(params: dict) -> list[list[str]]:

@@ -49,6 +49,7 @@ def test_ledger_stops_training_before_the_round_that_would_exceed_the_budget():
     assert metrics["privacy.epsilon_rdp"] == pytest.approx(spent, rel=1e-9)
 
 
+@pytest.mark.slow  # 16 s; the ledger's spend and stop are tested in tests/defenses/test_plans.py and above
 def test_ledger_with_a_constant_calibrated_plan_runs_every_round():
     # Each round records its own local steps: the calibrated run spends its budget only at the end.
     metrics = run_smoke({**COMMON, "privacy.stop_on_budget": "true", "privacy.target_epsilon": "3"}).metrics
