@@ -40,6 +40,8 @@ SMOKE_BUDGET = {
     "data.cohort.num_records": "48",
     "data.cohort.image_size": "16",
     "data.partition.num_clients": "2",
+    "data.cohort.num_sites": "2",  # hospitals = sites for the EHR and notes cohorts
+    "algorithm.batch_size": "1",  # 48 records leave no hospital a batch of 128
     "data.partition.min_records": "4",
     "model.width": "2",
     "attack.num_victims": "1",
@@ -60,7 +62,7 @@ def smoke_overrides(name: str) -> list[str]:
     and that no swept group replaces (``model.width`` when the sweep runs models without one)."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         composed = compose(config_name="config", overrides=[f"experiment={name}"], return_hydra_config=True)
-    swept_groups = {key for key in OmegaConf.select(composed, "hydra.sweeper.params") or {} if "." not in key}
+    swept_groups = {key for key in OmegaConf.select(composed, "hydra.sweeper.params") or {} if (CONF / key).is_dir()}
     return [f"{key}={value}" for key, value in SMOKE_BUDGET.items()
             if OmegaConf.select(composed, key) is not None and key.split(".")[0] not in swept_groups]
 

@@ -44,6 +44,11 @@ def test_the_smoke_budget_applies_only_keys_the_preset_has():
     assert image["attack.config.iterations"] == SMOKE_BUDGET["attack.config.iterations"]
     assert "data.cohort.image_size" in image and "data.cohort.image_size" not in codes  # EHR has no images
     assert codes["algorithm.rounds"] == "2"
+    # A sweep over models or attacks keeps their own keys (a model without model.width), and one seed.
+    models = dict(override.split("=", 1) for override in smoke_overrides("he_overhead"))
+    attacks = dict(override.split("=", 1) for override in smoke_overrides("secure_aggregation"))
+    assert "model.width" not in models and models["seed"] == "0"
+    assert "attack.num_victims" not in attacks and attacks["seed"] == "0"
 
 
 def _figure_command(name: str, figures_dir) -> list[str]:
