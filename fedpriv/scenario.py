@@ -134,6 +134,10 @@ class ScenarioConfig:
             if self.attack.kind != fits:
                 raise ValueError(f"attack {type(self.attack).__name__} recovers {self.attack.kind}, which does not "
                                  f"fit data.cohort.kind {self.cohort.kind!r}: use an attack of kind {fits!r}")
+        if self.cohort.kind in data_lib.TABULAR_COHORT_KINDS and self.partition.scheme == "by_site":
+            raise ValueError("data.partition.scheme 'by_site' shifts images by scanner site and a table has none: "
+                             "use iid, dirichlet or quantity_skew for data.cohort.kind "
+                             f"{self.cohort.kind!r}")
         if (self.attack_prior is None) != (not getattr(self.attack, "uses_prior", False)):
             raise ValueError("attack.prior must be set exactly when the attack is a generative-prior inversion")
         # iDLG reads one label off the head update: caught here, not after the whole training run.

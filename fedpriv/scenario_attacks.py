@@ -156,7 +156,9 @@ def attack_stage(config, threat: Threat, trained, plan, cohorts, observe_round: 
         results["attack.status"] = ("the server observed only the aggregate of the updates "
                                     f"({config.defenses.protocol.name}): no per-hospital update to invert")
         return Scored(results)
-    sent = np.any(np.asarray(client_data.client_mask) > 0) if observation.aggregated else observation.metadata.client_ids
+    # An aggregate names no client (its ids are empty): whether anyone sent is in the round's mask.
+    sent = (np.any(np.asarray(client_data.client_mask) > 0) if observation.aggregated
+            else observation.metadata.client_ids)
     if not sent:
         # e.g. every hospital refused the crafted model: nothing was sent, nothing leaks.
         return Scored({**results, "attack.status": f"no hospital sent an update in round {observe_round}",

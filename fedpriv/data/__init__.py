@@ -72,11 +72,12 @@ __all__ = [
 from fedpriv.data.ehr import EHRCohort, EHRCohortConfig, make_ehr_cohort, site_partition  # noqa: E402
 from fedpriv.data.notes import NotesCohort, NotesConfig, make_notes_cohort  # noqa: E402
 from fedpriv.data.records import TokenRecords, partition_records  # noqa: E402
-from fedpriv.data.sources import COHORT_KINDS, CohortSource, ehr_records, load_cohort, notes_records  # noqa: E402
+from fedpriv.data.sources import (COHORT_KINDS, TABULAR_COHORT_KINDS, CohortSource, ehr_records,  # noqa: E402
+                                  load_cohort, notes_records)
 from fedpriv.data.tabular import (TabularColumn, TabularCohort, load_breast_cancer, load_tabular_csv,  # noqa: E402
-                                    make_tabular_ehr_cohort)
+                                  make_tabular_ehr_cohort)
 
-__all__ += ["COHORT_KINDS", "CohortSource", "EHRCohort", "EHRCohortConfig", "NotesCohort", "NotesConfig",
-            "TokenRecords", "ehr_records", "load_cohort", "make_ehr_cohort", "make_notes_cohort", "notes_records",
-            "partition_records", "site_partition"]
-__all__ += ["TabularCohort", "TabularColumn", "load_breast_cancer", "load_tabular_csv", "make_tabular_ehr_cohort"]
+__all__ += ["COHORT_KINDS", "TABULAR_COHORT_KINDS", "CohortSource", "EHRCohort", "EHRCohortConfig", "NotesCohort",
+            "NotesConfig", "TabularCohort", "TabularColumn", "TokenRecords", "ehr_records", "load_breast_cancer",
+            "load_cohort", "load_tabular_csv", "make_ehr_cohort", "make_notes_cohort", "make_tabular_ehr_cohort",
+            "notes_records", "partition_records", "site_partition"]

@@ -158,11 +158,7 @@ def test_decoder_finetuning_lowers_the_objective_and_its_penalty_holds_it_back(t
     assert free.trace.shape[-1] == 20 and latent_only.trace.shape[-1] == 10
 
 
-def test_bad_inputs_fail_before_compute(tiny):
-    model, params, prior = tiny
-    x = _smooth_images(1, 8, np.random.default_rng(3)).reshape(1, 1, 1, 8, 8, 1)
-    observation = observe(model, params, x, np.array([[[0]]], np.int32))
-    config = GenerativePriorConfig(latent_iterations=1)
+def test_bad_configs_and_training_data_are_refused():
     for field, value in (("latent_iterations", 0), ("finetune_iterations", -1), ("restarts", 0),
                          ("learning_rate", 0.0), ("latent_weight", -1.0), ("distance", "l1"),
                          ("label_strategy", "guess")):
@@ -177,6 +173,14 @@ def test_bad_inputs_fail_before_compute(tiny):
         train_image_prior(np.full((4, 8, 8, 1), 2.0), ImagePriorConfig(), jax.random.key(0))
     with pytest.raises(ValueError, match="loop"):
         train_image_prior(np.zeros((4, 8, 8, 1)), ImagePriorConfig(), jax.random.key(0), loop="python")
+
+
+@pytest.mark.slow  # its fixture trains a prior (14 s); the config checks above stay in the default run
+def test_bad_inversion_inputs_fail_before_compute(tiny):
+    model, params, prior = tiny
+    x = _smooth_images(1, 8, np.random.default_rng(3)).reshape(1, 1, 1, 8, 8, 1)
+    observation = observe(model, params, x, np.array([[[0]]], np.int32))
+    config = GenerativePriorConfig(latent_iterations=1)
     with pytest.raises(ValueError, match="victims"):
         invert_with_prior(observation, model, prior, config, jax.random.key(0), victims=[3])
     with pytest.raises(ValueError, match="labels"):

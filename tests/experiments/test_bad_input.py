@@ -167,6 +167,11 @@ def test_image_size_below_what_the_cohorts_allow():
                        r"data\.cohort\.image_size must be an integer >= 16", r"got 8")
 
 
+def test_a_table_cannot_be_split_by_scanner_site():
+    expect_build_error({"data": "tabular_ehr", "model": "mlp", "attack": "tableak", "data.partition.scheme": "by_site"},
+                       r"data\.partition\.scheme 'by_site'", "iid, dirichlet or quantity_skew")
+
+
 def test_unknown_cohort_kind():
     expect_build_error({"data.cohort.kind": "mri"}, r"data\.cohort\.kind must be one of", r"'dicom_folder'",
                        r"got 'mri'")

@@ -133,7 +133,8 @@ def test_every_option_composes(group, option, data_paths):
 # test_privacy_schedules.py; the real-slice cohort its own in tests/data/test_ct.py; CKKS its own in
 # tests/defenses; the aggregate attacks and DAGER theirs in tests/attacks, through secure aggregation;
 # the two-layer stack its round audits in tests/federated/test_round_audit.py; the budget-aware
-# schedule tests/privacy/test_schedules.py; local DP tests/defenses/test_local_dp.py and test_plans.py).
+# schedule tests/privacy/test_schedules.py; local DP tests/defenses/test_local_dp.py and test_plans.py;
+# the tables tests/data/test_tabular.py and tests/attacks/test_tableak.py).
 SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("attack", "dlg"), ("attack", "lira"),
                 ("attack", "code_recovery"), ("algorithm", "fedavg"), ("model", "convnet"), ("model", "resnet"),
                 ("model", "lenet"), ("model", "convnet_plain"), ("data", "notes"), ("defense", "anomaly_screening"),
@@ -144,7 +145,7 @@ SLOW_PRESETS = {("attack", "token_recovery"), ("attack", "generative_prior"), ("
                 ("attack", "imprint"), ("privacy", "linear_decay"), ("defense", "partitioning"), ("data", "ct_slice"),
                 ("defense", "homomorphic"), ("data", "breast_cancer"), ("data", "tabular_csv"),
                 ("attack", "cocktail_party"), ("attack", "fishing"), ("attack", "dager"), ("defense", "two_layer"),
-                ("privacy", "budget_aware"), ("defense", "local_dp")}
+                ("privacy", "budget_aware"), ("defense", "local_dp"), ("data", "tabular_ehr"), ("attack", "tableak")}
 RUN_PARAMS = [pytest.param(group, option, id=f"{group}={option}",
                            marks=[pytest.mark.slow] if (group, option) in SLOW_PRESETS else [])
               for group, option in RUN_OPTIONS]

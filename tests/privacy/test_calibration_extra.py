@@ -51,6 +51,7 @@ def test_affordable_rounds_pinned_and_analytic():
                                                delta=DELTA, accountant="rdp")
 
 
+@pytest.mark.slow  # 12 s; the last-round and pinned/analytic tests above stay in the default run
 def test_affordable_rounds_is_monotone():
     base = dict(sampling_rate=0.02, delta=DELTA)
     by_budget = [privacy.affordable_rounds(noise_multiplier=1.0, target_epsilon=e, **base) for e in (2, 3, 4, 6)]
